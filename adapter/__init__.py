@@ -1,0 +1,1 @@
+"""MQTT → InfluxDB adapter of the IoT platform (see adapter/adapter.py)."""

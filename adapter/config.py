@@ -1,0 +1,84 @@
+"""The adapter's settings, read from the environment in one place and checked at start."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable and the fix."""
+
+
+def _read_secret(env: Mapping[str, str], name: str, default: str | None) -> str | None:
+    """`NAME` or the contents of the file named by `NAME_FILE` (Docker secrets)."""
+    path = env.get(f"{name}_FILE")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return fh.read().strip()
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE={path}: cannot read it ({exc.strerror})") from exc
+    return env.get(name, default)
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r}: expected a whole number") from exc
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value}: must be between {low} and {high}")
+    return value
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    mqtt_host: str = "localhost"
+    mqtt_port: int = 1883
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    mqtt_topic: str = "#"
+    mqtt_client_id: str = "iot-adapter"
+    # How long the broker keeps our session (subscription + queued messages) while we are away.
+    mqtt_session_expiry_s: int = 7 * 24 * 3600
+    influxdb_host: str = "localhost"
+    influxdb_port: int = 8086
+    influxdb_database: str = "IoT_Devices"
+    debug_data_flow: bool = False
+    metrics_port: int = 8000
+    batch_size: int = 5000
+    flush_interval_ms: int = 50
+    max_unacked: int = 20000
+    max_message_bytes: int = 256 * 1024
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> AdapterConfig:
+        env = os.environ if env is None else env
+        d = cls()
+        topic = env.get("MQTT_TOPIC") or d.mqtt_topic
+        return cls(
+            mqtt_host=env.get("MQTT_HOST") or d.mqtt_host,
+            mqtt_port=_int(env, "MQTT_PORT", d.mqtt_port, 1, 65535),
+            mqtt_username=env.get("MQTT_USERNAME") or None,
+            mqtt_password=_read_secret(env, "MQTT_PASSWORD", None) or None,
+            mqtt_topic=topic,
+            mqtt_client_id=env.get("MQTT_CLIENT_ID") or d.mqtt_client_id,
+            mqtt_session_expiry_s=_int(env, "MQTT_SESSION_EXPIRY", d.mqtt_session_expiry_s, 0, 0xFFFFFFFF),
+            influxdb_host=env.get("INFLUXDB_HOST") or d.influxdb_host,
+            influxdb_port=_int(env, "INFLUXDB_PORT", d.influxdb_port, 1, 65535),
+            influxdb_database=env.get("INFLUXDB_DATABASE") or d.influxdb_database,
+            # Exactly "true": the design says the variable's value is "true", nothing looser.
+            debug_data_flow=env.get("DEBUG_DATA_FLOW") == "true",
+            metrics_port=_int(env, "METRICS_PORT", d.metrics_port, 0, 65535),
+            batch_size=_int(env, "BATCH_SIZE", d.batch_size, 1, 100_000),
+            flush_interval_ms=_int(env, "FLUSH_INTERVAL_MS", d.flush_interval_ms, 1, 10_000),
+            # MQTT 5 Receive Maximum is a 16-bit field: the broker never has more than this
+            # many messages in flight to us, which bounds the adapter's memory.
+            max_unacked=_int(env, "MAX_UNACKED", d.max_unacked, 1, 65535),
+            max_message_bytes=_int(env, "MAX_MESSAGE_BYTES", d.max_message_bytes, 2, 268_435_455),
+        )

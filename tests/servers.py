@@ -1,0 +1,280 @@
+"""Real servers for tests: each started on a free port in its own temporary directory.
+
+Every server waits until it answers (never a fixed sleep), keeps its log file so a failing
+test can show it, and can be stopped and started again on the same port and data
+(the no-loss tests restart them mid-stream). MariaDB and Prometheus join this module
+as their components need them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+
+
+class ServerError(RuntimeError):
+    """A test server could not be started; the message includes the tail of its log."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def require_binary(name: str) -> str:
+    path = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None
+    )
+    if path is None:
+        # A clear failure, never a silent skip: the test command installs these.
+        raise ServerError(f"`{name}` is not installed; run ./test.sh, which installs it")
+    return path
+
+
+def wait_for(
+    check: Callable[[], bool],
+    timeout_s: float,
+    what: str,
+    proc: subprocess.Popen[bytes] | None = None,
+    log: Path | None = None,
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    delay = 0.01
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ServerError(f"{what} exited with code {proc.returncode}\n{tail(log)}")
+        if check():
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+    raise ServerError(f"{what} did not answer within {timeout_s}s\n{tail(log)}")
+
+
+def tail(log: Path | None, lines: int = 40) -> str:
+    if log is None or not log.exists():
+        return ""
+    text = log.read_text(errors="replace").splitlines()[-lines:]
+    return f"--- last lines of {log} ---\n" + "\n".join(text)
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class ManagedServer:
+    """A child process with a data directory, a log, and stop/start/kill."""
+
+    name = "server"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = workdir / f"{self.name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                start_new_session=True,
+            )
+        wait_for(self.ready, timeout_s, self.name, self.proc, self.log_path)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class MosquittoServer(ManagedServer):
+    """Mosquitto 2.x with persistence, sized for the adapter's persistent session."""
+
+    name = "mosquitto"
+
+    def __init__(
+        self, workdir: Path, port: int | None = None, extra_config: str = "", config_text: str | None = None
+    ) -> None:
+        super().__init__(workdir)
+        self.port = port or free_port()
+        self.binary = require_binary("mosquitto")
+        self.config_path = workdir / "mosquitto.conf"
+        self.config_path.write_text(config_text or self.default_config(extra_config))
+
+    def default_config(self, extra: str) -> str:
+        return (
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {self.workdir}/\n"
+            "autosave_interval 1\n"
+            "max_queued_messages 1000000\n"
+            "max_inflight_messages 0\n"
+            "message_size_limit 1048576\n"
+            "log_dest stdout\n"
+            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n" + extra
+        )
+
+    def command(self) -> list[str]:
+        return [self.binary, "-c", str(self.config_path)]
+
+    def ready(self) -> bool:
+        return port_open(self.port)
+
+
+class InfluxServer(ManagedServer):
+    """InfluxDB 1.x (`influxd`) with its HTTP API on a free loopback port."""
+
+    name = "influxd"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.port = free_port()
+        self.binary = require_binary("influxd")
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config_path = workdir / "influxdb.conf"
+        self.config_path.write_text(
+            "reporting-disabled = true\n"
+            f'bind-address = "127.0.0.1:{free_port()}"\n'
+            f'[meta]\n  dir = "{workdir}/meta"\n'
+            f'[data]\n  dir = "{workdir}/data"\n  wal-dir = "{workdir}/wal"\n'
+            "  query-log-enabled = false\n"
+            f'[http]\n  bind-address = "127.0.0.1:{self.port}"\n  log-enabled = false\n'
+            "[monitor]\n  store-enabled = false\n"
+        )
+
+    def command(self) -> list[str]:
+        return [self.binary, "-config", str(self.config_path)]
+
+    def ready(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/ping", timeout=0.5).status_code == 204
+        except requests.RequestException:
+            return False
+
+    def query(self, q: str, db: str | None = None, epoch: str | None = "ns") -> dict:
+        params = {"q": q}
+        if db:
+            params["db"] = db
+        if epoch:
+            params["epoch"] = epoch
+        resp = requests.post(f"{self.url}/query", data=params, timeout=30)
+        resp.raise_for_status()
+        body = resp.json()
+        for result in body.get("results", []):
+            if "error" in result:
+                raise ServerError(f"InfluxQL error for {q!r}: {result['error']}")
+        return body
+
+    def series(self, q: str, db: str) -> list[dict]:
+        """The `series` list of the first statement's result ([] when there is none)."""
+        return self.query(q, db)["results"][0].get("series", [])
+
+    def count_points(self, db: str) -> int:
+        total = 0
+        for s in self.series('SELECT count("value") FROM /.*/', db):
+            total += int(s["values"][0][1])
+        return total
+
+    def write(self, db: str, lines: str) -> requests.Response:
+        return requests.post(
+            f"{self.url}/write", params={"db": db, "precision": "n"}, data=lines.encode(), timeout=30
+        )
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class AdapterProcess(ManagedServer):
+    """The real adapter, run as `python adapter/adapter.py` with its environment."""
+
+    name = "adapter"
+
+    def __init__(
+        self, workdir: Path, mqtt: MosquittoServer, influx: InfluxServer, database: str, **env: str
+    ) -> None:
+        super().__init__(workdir)
+        self.metrics_port = free_port()
+        self.env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "MQTT_HOST": "127.0.0.1",
+            "MQTT_PORT": str(mqtt.port),
+            "MQTT_CLIENT_ID": f"adapter-{database}",
+            "INFLUXDB_HOST": "127.0.0.1",
+            "INFLUXDB_PORT": str(influx.port),
+            "INFLUXDB_DATABASE": database,
+            "METRICS_PORT": str(self.metrics_port),
+        }
+        self.env.pop("DEBUG_DATA_FLOW", None)
+        self.env.update(env)
+        self.env = {k: v for k, v in self.env.items() if v is not None}
+
+    def command(self) -> list[str]:
+        import sys
+
+        return [sys.executable, str(REPO_ROOT / "adapter" / "adapter.py")]
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.workdir,
+                start_new_session=True,
+            )
+        wait_for(self.ready, timeout_s, self.name, self.proc, self.log_path)
+
+    def ready(self) -> bool:
+        # Ready once subscribed: the connect log line comes right before the SUBSCRIBE.
+        return "subscribing to" in self.log_text() and self.metric("adapter_mqtt_connected") == 1
+
+    def metrics_text(self) -> str:
+        try:
+            return requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).text
+        except requests.RequestException:
+            return ""
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample's value, 0 when absent: metric("adapter_points_written_total")."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        for family in text_string_to_metric_families(self.metrics_text()):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return float(sample.value)
+        return 0.0
