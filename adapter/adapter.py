@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: make `adapter` importable as a
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from adapter.config import AdapterConfig, ConfigError
-from adapter.contract import ParsedMessage, Record, Reject, line_protocol, parse_message
+from adapter.contract import ParsedMessage, Record, Reject, line_protocol, parse_message, parse_timestamp
 from adapter.influx import DatabaseMissingError, InfluxWriter, TransientWriteError
 from adapter.metrics import AdapterMetrics
 
@@ -43,12 +43,15 @@ def format_value(value: float) -> str:
     return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
 
 
-def format_device_time(raw: object, time_ns: int) -> str:
-    """`2019-11-26T03:54:20+03:00` → `2019-11-26 03:54:20+03:00` (numbers shown in UTC)."""
+def format_device_time(raw: object) -> str:
+    """A valid `timestamp` as logged: `2019-11-26T03:54:20+03:00` → `2019-11-26 03:54:20+03:00`.
+
+    Epoch numbers are shown as the UTC instant they stand for.
+    """
     if isinstance(raw, str):
         text = raw[:10] + " " + raw[11:]
         return text[:-1] + "+00:00" if text[-1] in "Zz" else text
-    seconds, ns = divmod(time_ns, 1_000_000_000)
+    seconds, ns = divmod(parse_timestamp(raw), 1_000_000_000)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
     return f"{stamp}.{ns:09d}".rstrip("0").rstrip(".") + "+00:00"
 
@@ -143,6 +146,7 @@ class MqttSource:
         self._config = config
         self._metrics = metrics
         self.generation = 0
+        self.stopping = False
         self.on_message: Callable[[int, mqtt.MQTTMessage], None] | None = None
         client = mqtt.Client(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
@@ -178,6 +182,7 @@ class MqttSource:
         self.client.loop_stop()
 
     def disconnect(self) -> None:
+        self.stopping = True
         self.client.disconnect()
 
     def ack(self, acks: list[tuple[int, int]]) -> None:
@@ -222,7 +227,10 @@ class MqttSource:
         properties: Properties | None,
     ) -> None:
         self._metrics.mqtt_connected.set(0)
-        log.warning("Disconnected from MQTT broker (%s); reconnecting", reason_code)
+        if self.stopping:
+            log.info("Disconnected from MQTT broker")
+        else:
+            log.warning("Disconnected from MQTT broker (%s); reconnecting", reason_code)
 
     def _dispatch(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         assert self.on_message is not None
@@ -289,11 +297,9 @@ class Adapter:
         if debug:
             if record.device_time is None:
                 flow_log.info("Data timestamp is NOW")
-            elif record.points:
-                shown = format_device_time(record.device_time, record.points[0].time_ns)
-                flow_log.info("Data timestamp is: %s", shown)
             else:
-                flow_log.info("Data timestamp is: %s", record.device_time)
+                shown = format_device_time(record.device_time)
+                flow_log.info("Data timestamp is: %s", shown)
             for point in record.points:
                 flow_log.info(
                     "%s.%s.%s %s", point.location, point.station, point.metric, format_value(point.value)

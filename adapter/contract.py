@@ -83,8 +83,8 @@ class Record:
     """The outcome of one JSON object (a whole message, or one backlog element)."""
 
     points: list[Point] = field(default_factory=list)
-    # The device's own timestamp as parsed, None when the receive time was used.
-    device_time: str | None = None
+    # The device's own `timestamp` value as sent; None when the receive time was used.
+    device_time: Any = None
     reject: Reject | None = None
     reject_detail: str = ""
     ignored: list[tuple[str, Ignore]] = field(default_factory=list)
@@ -214,7 +214,7 @@ def parse_record(location: str, station: str, obj: Any, received_ns: int) -> Rec
             record.reject = Reject.BAD_TIMESTAMP
             record.reject_detail = str(exc)
             return record
-        record.device_time = str(raw)
+        record.device_time = raw
     points = record.points
     for key, raw_value in obj.items():
         if key == TIMESTAMP_KEY:

@@ -142,7 +142,7 @@ class MosquittoServer(ManagedServer):
             "autosave_interval 1\n"
             "max_queued_messages 1000000\n"
             "max_inflight_messages 0\n"
-            "message_size_limit 1048576\n"
+            "max_packet_size 1048576\n"
             "log_dest stdout\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n" + extra
         )
