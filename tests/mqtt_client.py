@@ -35,10 +35,11 @@ class Publisher:
         self.client.reconnect_delay_set(0.05, 0.5)
         self.client.connect("127.0.0.1", port, keepalive=10)
         self.client.loop_start()
-        self._infos: list[mqtt.MQTTMessageInfo] = []
+        self._infos: list[tuple[mqtt.MQTTMessageInfo, str, bytes | str, int, bool]] = []
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
-        self._infos.append(self.client.publish(topic, payload, qos=qos, retain=retain))
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        self._infos.append((info, topic, payload, qos, retain))
 
     def publish_all(self, messages: Iterable[tuple[str, bytes | str]], qos: int = 1) -> None:
         for topic, payload in messages:
@@ -47,11 +48,14 @@ class Publisher:
     def wait(self, timeout_s: float = 120.0) -> None:
         """Until the broker acked every message published so far."""
         deadline = time.monotonic() + timeout_s
-        for info in self._infos:
-            while not info.is_published():
+        for n, (first_info, topic, payload, qos, retain) in enumerate(self._infos):
+            info = first_info
+            while info.rc == mqtt.MQTT_ERR_NO_CONN or not info.is_published():
                 if time.monotonic() > deadline:
-                    pending = sum(not i.is_published() for i in self._infos)
-                    raise TimeoutError(f"{pending} messages still unacked by the broker")
+                    raise TimeoutError(f"{len(self._infos) - n} messages still unacked by the broker")
+                if info.rc == mqtt.MQTT_ERR_NO_CONN and self.client.is_connected():
+                    # Published while the broker was away: paho did not take it, send it again.
+                    info = self.client.publish(topic, payload, qos=qos, retain=retain)
                 time.sleep(0.01)
         self._infos.clear()
 
