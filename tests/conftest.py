@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from tests.mqtt_client import Publisher
-from tests.servers import AdapterProcess, InfluxServer, ManagedServer, MosquittoServer, tail
+from tests.servers import (
+    AdapterProcess,
+    InfluxServer,
+    ManagedServer,
+    MosquittoServer,
+    PrometheusServer,
+    tail,
+)
 
 _started: list[ManagedServer] = []
 
@@ -95,3 +102,22 @@ def publisher(broker: MosquittoServer) -> Iterator[Publisher]:
 def _forget_servers() -> Iterator[None]:
     yield
     _started[:] = [s for s in _started if s.proc is not None and s.proc.poll() is None]
+
+
+@pytest.fixture
+def make_prometheus(tmp_path: Path) -> Iterator[Callable[..., PrometheusServer]]:
+    """Start a real Prometheus: make_prometheus(config_text, files={"alerts.yml": ...}, port=None)."""
+    servers: list[PrometheusServer] = []
+
+    def make(
+        config_text: str, files: dict[str, str] | None = None, port: int | None = None
+    ) -> PrometheusServer:
+        server = PrometheusServer(tmp_path / f"prometheus{len(servers)}", config_text, files, port)
+        servers.append(server)
+        _track(server)
+        server.start()
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()

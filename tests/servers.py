@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -278,3 +279,53 @@ class AdapterProcess(ManagedServer):
                 if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                     return float(sample.value)
         return 0.0
+
+
+class PrometheusServer(ManagedServer):
+    """Prometheus (Debian's binary) with a given configuration, on a free loopback port.
+
+    `files` are written next to the configuration, so rule files it names relatively
+    (`rule_files: [alerts.yml]`, as in prometheus/prometheus.yml) are found.
+    """
+
+    name = "prometheus"
+
+    def __init__(
+        self, workdir: Path, config_text: str, files: dict[str, str] | None = None, port: int | None = None
+    ) -> None:
+        super().__init__(workdir)
+        # A port chosen before the config is written lets the config scrape Prometheus itself.
+        self.port = port or free_port()
+        self.binary = require_binary("prometheus")
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config_path = workdir / "prometheus.yml"
+        self.config_path.write_text(config_text)
+        for name, text in (files or {}).items():
+            (workdir / name).write_text(text)
+
+    def command(self) -> list[str]:
+        return [
+            self.binary,
+            f"--config.file={self.config_path}",
+            f"--storage.tsdb.path={self.workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+        ]
+
+    def ready(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/-/ready", timeout=0.5).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def api(self, path: str, **params: str) -> Any:
+        """The `data` of an HTTP API answer (/api/v1/<path>); ServerError on an error answer."""
+        body = requests.get(f"{self.url}/api/v1/{path}", params=params, timeout=10).json()
+        if body.get("status") != "success":
+            raise ServerError(
+                f"Prometheus /api/v1/{path} {params}: {body.get('errorType')}: {body.get('error')}"
+            )
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict]:
+        """The instant vector `expr` evaluates to now: [{"metric": {...}, "value": [t, "v"]}]."""
+        return self.api("query", query=expr)["result"]

@@ -1,0 +1,156 @@
+"""A real Prometheus running the platform's configuration against real servers.
+
+Tests here only read from it, so one platform serves the whole package: Prometheus applies
+discovered targets on a fixed 5 s tick, a cost worth paying once rather than per test.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.mqtt_client import Publisher
+from tests.prometheus.platform_files import ALERTS, local_config
+from tests.servers import (
+    AdapterProcess,
+    InfluxServer,
+    ManagedServer,
+    MosquittoServer,
+    PrometheusServer,
+    free_port,
+    tail,
+    wait_for,
+)
+
+MESSAGES = 20
+NUMBERS_PER_MESSAGE = 2
+
+_servers: list[ManagedServer] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    # The package-scoped servers are not in the shared fixtures' list; show their logs too.
+    if report.failed and call.when in ("setup", "call"):
+        for server in _servers:
+            report.sections.append((f"{server.name} log", tail(server.log_path, 80)))
+
+
+@dataclass(frozen=True)
+class ScrapedPlatform:
+    prometheus: PrometheusServer
+    adapter: AdapterProcess
+    points: int  # numeric values published, i.e. points the adapter must have stored
+    received: int  # every message published, valid or not
+    not_numeric: int  # values ignored because they are not numbers
+    published_from: float  # Unix time before the first message
+    stored_at: float  # Unix time once the adapter reported every point stored
+    down_jobs: frozenset[str]  # jobs whose component cannot run here: their targets stay down
+
+
+def _start(server: ManagedServer) -> None:
+    _servers.append(server)
+    server.start()
+
+
+@pytest.fixture(scope="package")
+def scraped(tmp_path_factory: pytest.TempPathFactory, influx: InfluxServer) -> Iterator[ScrapedPlatform]:
+    """The adapter after known traffic, scraped by Prometheus with the real config and rules.
+
+    Kong, Grafana (and, until it lands, the auth server) cannot run here; their jobs point
+    at closed ports, which also gives the ComponentDown rule real failed scrapes.
+    """
+    database = "t_prometheus_scraped"
+    workdir = tmp_path_factory.mktemp("scraped")
+    broker = MosquittoServer(workdir / "mosquitto")
+    adapter = AdapterProcess(workdir / "adapter", broker, influx, database)
+    port = free_port()
+    down = {job: f"127.0.0.1:{free_port()}" for job in ("kong", "grafana", "auth_server")}
+    targets = {
+        "adapter": f"127.0.0.1:{adapter.metrics_port}",
+        "influxdb": f"127.0.0.1:{influx.port}",
+        "prometheus": f"127.0.0.1:{port}",
+        **down,
+    }
+    prometheus = PrometheusServer(
+        workdir / "prometheus", local_config(targets), {"alerts.yml": ALERTS.read_text()}, port
+    )
+    try:
+        for server in (broker, adapter, prometheus):
+            _start(server)
+        yield _publish_and_wait(
+            prometheus=prometheus,
+            adapter=adapter,
+            influx=influx,
+            database=database,
+            broker=broker,
+            down_jobs=frozenset(down),
+        )
+    finally:
+        for server in reversed(_servers):
+            server.stop()
+        _servers.clear()
+
+
+def _publish_and_wait(
+    *,
+    prometheus: PrometheusServer,
+    adapter: AdapterProcess,
+    influx: InfluxServer,
+    database: str,
+    broker: MosquittoServer,
+    down_jobs: frozenset[str],
+) -> ScrapedPlatform:
+    publisher = Publisher(broker.port)
+    published_from = time.time()
+    for i in range(MESSAGES):
+        station = "UPB/RPi_1" if i % 2 else "Lab/RPi_2"
+        publisher.publish(station, json.dumps({"TEMP": 20 + i / 10, "HUMID": 40 + i, "label": "x"}))
+    publisher.publish("UPB/RPi_1", "not json")  # rejected: not_json
+    publisher.publish("UPB/RPi_1/extra", json.dumps({"TEMP": 1}))  # rejected: bad_topic
+    publisher.publish("UPB/RPi_1", json.dumps({"status": "ok"}))  # valid, nothing to store
+    publisher.wait()
+    publisher.close()
+    points = MESSAGES * NUMBERS_PER_MESSAGE
+    wait_for(
+        lambda: (
+            adapter.metric("adapter_messages_received_total") == MESSAGES + 3
+            and adapter.metric("adapter_points_written_total") == points
+        ),
+        30,
+        "the adapter to store every point",
+        adapter.proc,
+        adapter.log_path,
+    )
+    # The adapter's counter is what Prometheus will see; the database says it is the truth.
+    assert influx.count_points(database) == points
+    stored_at = time.time()
+
+    def scraped_since() -> bool:
+        # A scrape after the last point was stored, and two samples at least, so rate() has
+        # something to work on in the dashboard's queries.
+        last = prometheus.query('timestamp(up{job="adapter"})')
+        samples = prometheus.query('count_over_time(up{job="adapter"}[1m])')
+        return (
+            bool(last and samples)
+            and float(last[0]["value"][1]) > stored_at
+            and float(samples[0]["value"][1]) >= 2
+        )
+
+    wait_for(scraped_since, 30, "Prometheus to scrape the adapter", prometheus.proc, prometheus.log_path)
+    return ScrapedPlatform(
+        prometheus=prometheus,
+        adapter=adapter,
+        points=points,
+        received=MESSAGES + 3,
+        not_numeric=MESSAGES + 1,
+        published_from=published_from,
+        stored_at=stored_at,
+        down_jobs=down_jobs,
+    )
