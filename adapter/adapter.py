@@ -32,6 +32,7 @@ from adapter.config import AdapterConfig, ConfigError
 from adapter.contract import ParsedMessage, Record, Reject, line_protocol, parse_message, parse_timestamp
 from adapter.influx import DatabaseMissingError, InfluxWriter, TransientWriteError
 from adapter.metrics import AdapterMetrics
+from adapter.mqtt_client import BufferedMqttClient
 
 log = logging.getLogger("adapter")
 # Data-flow lines go through their own logger so DEBUG_DATA_FLOW switches exactly them.
@@ -147,8 +148,9 @@ class MqttSource:
         self._metrics = metrics
         self.generation = 0
         self.stopping = False
-        self.on_message: Callable[[int, mqtt.MQTTMessage], None] | None = None
-        client = mqtt.Client(
+        self.on_message: Callable[[int, str, int, bytes], None] | None = None
+        client = BufferedMqttClient(
+            on_qos1_publish=self._dispatch,
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
             client_id=config.mqtt_client_id,
             protocol=mqtt.MQTTv5,
@@ -159,7 +161,9 @@ class MqttSource:
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_message = self._dispatch
+        # QoS 0 messages (a device that does not ask for delivery guarantees) take paho's
+        # ordinary path; they need no ack.
+        client.on_message = self._dispatch_message
         self.client = client
 
     def start(self) -> None:
@@ -187,11 +191,10 @@ class MqttSource:
 
     def ack(self, acks: list[tuple[int, int]]) -> None:
         current = self.generation
-        for generation, mid in acks:
-            # An id from an earlier connection means nothing on this one; the broker
-            # redelivers that message, and its copy is acked when it is stored again.
-            if generation == current:
-                self.client.ack(mid, 1)
+        # An id from an earlier connection means nothing on this one; the broker
+        # redelivers that message, and its copy is acked when it is stored again.
+        # Id 0 marks a QoS 0 message, which has no ack.
+        self.client.ack_many([mid for generation, mid in acks if generation == current and mid])
 
     def _on_connect(
         self,
@@ -232,9 +235,15 @@ class MqttSource:
         else:
             log.warning("Disconnected from MQTT broker (%s); reconnecting", reason_code)
 
-    def _dispatch(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+    def _dispatch(self, topic: str, mid: int, payload: bytes) -> None:
         assert self.on_message is not None
-        self.on_message(self.generation, message)
+        self.on_message(self.generation, topic, mid, payload)
+
+    def _dispatch_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        # Only QoS 0 arrives here (our subscription caps QoS at 1, which the fast path
+        # takes); id 0 tells the writer there is nothing to ack.
+        assert self.on_message is not None
+        self.on_message(self.generation, message.topic, 0, message.payload)
 
 
 class Adapter:
@@ -244,6 +253,8 @@ class Adapter:
         self.config = config
         self.metrics = metrics or AdapterMetrics()
         self.metrics.unacked_limit.set(config.max_unacked)
+        # Read when scraped: the MQTT thread's hot path does no gauge bookkeeping.
+        self.metrics.unacked.set_function(lambda: self.collector.pending() + self._in_flight)
         self.writer = InfluxWriter(config.influxdb_host, config.influxdb_port, config.influxdb_database)
         self.collector = BatchCollector(config.batch_size, config.flush_interval_ms / 1000)
         self.source = MqttSource(config, self.metrics)
@@ -256,15 +267,14 @@ class Adapter:
 
     # --- MQTT thread ---------------------------------------------------------------
 
-    def handle_message(self, generation: int, message: mqtt.MQTTMessage) -> None:
+    def handle_message(self, generation: int, topic: str, mid: int, payload: bytes) -> None:
         received_ns = time.time_ns()
         self.received += 1
         self.metrics.messages_received.inc()
-        topic = message.topic
         debug = self.config.debug_data_flow
         if debug:
             flow_log.info("Received a message by topic [%s]", topic)
-        parsed = parse_message(topic, message.payload, received_ns, self.config.max_message_bytes)
+        parsed = parse_message(topic, payload, received_ns, self.config.max_message_bytes)
         lines: list[str] = []
         device = None
         if isinstance(parsed, Reject):
@@ -277,8 +287,7 @@ class Adapter:
                 lines.extend(line_protocol(p) for p in record.points)
             if lines:
                 device = (parsed.location, parsed.station)
-        self.collector.add(generation, message.mid, lines, device)
-        self.metrics.unacked.set(self.collector.pending() + self._in_flight)
+        self.collector.add(generation, mid, lines, device)
 
     def _account(self, record: Record, parsed: ParsedMessage, debug: bool) -> None:
         if record.reject is not None:
@@ -313,7 +322,6 @@ class Adapter:
             self._store(batch)
             self.source.ack(batch.acks)
             self._in_flight = 0
-            self.metrics.unacked.set(self.collector.pending())
             self.metrics.batch_latency_seconds.observe(time.monotonic() - batch.first_received)
             for (location, station), seen in batch.seen.items():
                 self.metrics.device_last_seen.labels(location, station).set(seen)

@@ -1,0 +1,1 @@
+"""Benchmarks of the platform (they print numbers; tests never assert timings)."""
