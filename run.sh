@@ -1,0 +1,720 @@
+#!/usr/bin/env bash
+# Sets up the IoT platform and starts it; ./clean.sh undoes everything it does.
+# Run ./run.sh --help for the options. Safe to run again: it updates what changed.
+set -euo pipefail
+
+readonly STACK=iot
+# Marks the Swarm secrets this script created, so clean.sh removes those and no others.
+readonly SECRET_LABEL=org.iot-platform.created-by=run.sh
+# Stateful services run on the node carrying this label (see stack.yml).
+readonly DATA_LABEL=iot.data
+# Every secret stack.yml uses, without the iot_ prefix of its Swarm name.
+readonly SECRETS=(grafana_admin_password mysql_root_password mysql_password jwt_secret
+  auth_admin_password mqtt_admin_password adapter_mqtt_password)
+readonly GRAFANA_DEFAULT_PASSWORD=grafanaIDP2023
+
+usage() {
+  cat <<'EOF'
+Usage: ./run.sh [--secure] [--local] [--timeout SECONDS] [--help]
+
+Sets up the IoT platform and starts it. Safe to run again: it applies what changed.
+
+Swarm mode (a Docker engine answers; run it on a swarm manager, or on a Docker host
+that is in no swarm yet, which becomes a single-node swarm):
+  builds the project's images, creates the missing secrets (random values, printed once,
+  kept in .state/swarm/secrets/), deploys stack.yml as the stack `iot`, waits until every
+  service is running and healthy, and prints the endpoints and logins.
+
+Local mode (no Docker engine answers, or --local): runs the platform's core as local
+processes instead: Mosquitto, InfluxDB and the adapter (from .venv). Installs the Debian
+packages it needs when run as root. Logs, PIDs and data go to .state/local/.
+
+Options:
+  --secure           broker in secure mode: devices need an account and per-topic rights
+                     (Mosquitto dynamic security, managed by the auth server); without it
+                     any client may publish and subscribe
+  --local            use local mode even where Docker is available
+  --timeout SECONDS  how long to wait for the services to become healthy (default 600)
+  -h, --help         this help
+
+Environment (all optional):
+  DEBUG_DATA_FLOW=false      silence the adapter's per-message log (default true)
+  ADAPTER_IMAGE, AUTH_SERVER_IMAGE
+                             deploy these images instead of building them (CI does this)
+  IOT_REGISTRY=host/path     tag the built images there and push them (multi-node swarms)
+  BASE_IMAGE=image           base image for the project's Dockerfiles (python:3.11-slim)
+  SWARM_ADVERTISE_ADDR=ip    the address `docker swarm init` advertises (hosts with several)
+  ADAPTER_REPLICAS, ADAPTER_MQTT_TOPIC
+                             scale the adapter: ADAPTER_REPLICAS=3 ADAPTER_MQTT_TOPIC='$share/adapters/#'
+  IOT_SECRET_<NAME>=value    value for a secret that does not exist yet, e.g.
+                             IOT_SECRET_GRAFANA_ADMIN_PASSWORD (required in CI)
+  Local mode: IOT_BIND_ADDRESS (127.0.0.1), IOT_MQTT_PORT (1883), IOT_INFLUXDB_PORT (8086),
+  IOT_INFLUXDB_RPC_PORT (8088), IOT_ADAPTER_METRICS_PORT (8000), IOT_STATE_DIR (.state)
+EOF
+}
+
+log() { printf '==> %s\n' "$*"; }
+note() { printf '    %s\n' "$*"; }
+die() {
+  printf 'run.sh: %s\n' "$*" >&2
+  exit 1
+}
+
+# --- Shared helpers ------------------------------------------------------------------
+
+# The same over every file below some folders (build contexts), caches excluded.
+tree_hash() {
+  find "$@" -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 | LC_ALL=C sort -z |
+    xargs -0 sha256sum | sha256sum | cut -c1-12
+}
+
+random_secret() {
+  # 24 random bytes as 48 hex characters: strong, and safe in any config file or URL.
+  od -An -N24 -tx1 /dev/urandom | tr -d ' \n'
+}
+
+project_version() {
+  sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml | head -n1
+}
+
+# --- Swarm mode ----------------------------------------------------------------------
+
+# The variables stack.yml interpolates into config names: a hash of each file, so that
+# an edited file becomes a new Swarm config (configs are immutable) and the services
+# using it are updated. MOSQUITTO_CONF_FILE must be set (it depends on --secure).
+export_config_hashes() {
+  local -A files=(
+    [MOSQUITTO_CONF_HASH]=$MOSQUITTO_CONF_FILE
+    [INFLUXDB_INIT_HASH]=database/init_influx_db.sh
+    [GRAFANA_DATASOURCES_HASH]=grafana_db/grafana_provisioning/datasources/datasources.yml
+    [GRAFANA_DASHBOARDS_HASH]=grafana_db/grafana_provisioning/dashboards/dashboards.yml
+    [GRAFANA_DASHBOARD_UPB_IOT_DATA_HASH]=grafana_db/grafana_provisioning/grafana_dashboards/upb_iot_data.json
+    [GRAFANA_DASHBOARD_BATTERY_HASH]=grafana_db/grafana_provisioning/grafana_dashboards/battery_dashboard.json
+    [GRAFANA_DASHBOARD_PLATFORM_HEALTH_HASH]=grafana_db/grafana_provisioning/grafana_dashboards/platform_health.json
+    [KONG_CONFIG_HASH]=kong/kong.yml
+    [PROMETHEUS_CONFIG_HASH]=prometheus/prometheus.yml
+    [PROMETHEUS_ALERTS_HASH]=prometheus/alerts.yml
+  )
+  local var file
+  for var in "${!files[@]}"; do
+    file=${files[$var]}
+    [[ -f $file ]] || die "$file is missing (stack.yml needs it)"
+    # The content alone: the file's name is already part of the config's name.
+    export "$var=$(sha256sum <"$file" | cut -c1-12)"
+  done
+}
+
+mode_name() {
+  if [[ $SECURE == true ]]; then echo secure; else echo open; fi
+}
+
+# Selects the broker configuration and tells the auth server which mode it is in.
+export_mode() {
+  if [[ $SECURE == true ]]; then
+    export MOSQUITTO_CONF_FILE=./mosquitto_mqtt_vol/mosquitto-secure.conf MQTT_SECURE=true
+  else
+    export MOSQUITTO_CONF_FILE=./mosquitto_mqtt_vol/mosquitto.conf MQTT_SECURE=false
+  fi
+}
+
+docker_error() {
+  docker info 2>&1 >/dev/null | grep -v '^$' | tail -n 3 || true
+}
+
+swarm_check_prerequisites() {
+  docker stack --help >/dev/null 2>&1 || die "this Docker CLI has no 'docker stack' (install Docker 20.10 or newer)"
+  local tool
+  for tool in sha256sum od tar find; do
+    command -v "$tool" >/dev/null || die "'$tool' is required but not installed"
+  done
+}
+
+ensure_swarm() {
+  local state
+  state=$(docker info --format '{{.Swarm.LocalNodeState}}')
+  case $state in
+    active)
+      [[ $(docker info --format '{{.Swarm.ControlAvailable}}') == true ]] ||
+        die "this node is a swarm worker: run ./run.sh on a manager (docker node ls shows them)"
+      ;;
+    inactive)
+      log "This Docker engine is in no swarm: creating a single-node swarm (docker swarm init)"
+      local args=() output
+      [[ -n ${SWARM_ADVERTISE_ADDR:-} ]] && args+=(--advertise-addr "$SWARM_ADVERTISE_ADDR")
+      if ! output=$(docker swarm init "${args[@]}" 2>&1); then
+        die "docker swarm init failed: $output
+  If the host has several addresses, choose one: SWARM_ADVERTISE_ADDR=<ip> ./run.sh"
+      fi
+      # Remembered so that clean.sh leaves the swarm again, and only then.
+      touch "$SWARM_STATE/swarm-created"
+      ;;
+    *) die "the swarm of this node is '$state'; fix it first (docker info shows the reason)" ;;
+  esac
+}
+
+ensure_data_node() {
+  local node
+  for node in $(docker node ls -q); do
+    if [[ $(docker node inspect --format "{{ index .Spec.Labels \"$DATA_LABEL\" }}" "$node") == true ]]; then
+      return
+    fi
+  done
+  node=$(docker info --format '{{.Swarm.NodeID}}')
+  log "Labelling this node $DATA_LABEL=true: the stateful services and their volumes live here"
+  docker node update --label-add "$DATA_LABEL=true" "$node" >/dev/null
+  echo "$node" >"$SWARM_STATE/labelled-node"
+}
+
+# build_image NAME DOCKERFILE VARIABLE CONTEXT_PATH... : builds NAME from exactly the
+# given paths (sent as the build context, so nothing else of the checkout goes in) and
+# tags it with the project version and a hash of those paths; exports VARIABLE=image.
+build_image() {
+  local name=$1 dockerfile=$2 var=$3
+  shift 3
+  if [[ -n ${!var:-} ]]; then
+    log "Using $var=${!var} (not building it)"
+    return
+  fi
+  [[ -f $dockerfile ]] || die "$dockerfile is missing"
+  local ref
+  ref="${IOT_REGISTRY:-iot-platform}/$name:$(project_version)-$(tree_hash "$@")"
+  local build_args=()
+  [[ -n ${BASE_IMAGE:-} ]] && build_args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
+  if docker image inspect "$ref" >/dev/null 2>&1; then
+    log "Image $ref is up to date"
+  else
+    log "Building $ref"
+    tar -c --exclude=__pycache__ --exclude='*.pyc' "$@" |
+      docker build "${build_args[@]}" -f "$dockerfile" -t "$ref" -
+  fi
+  grep -qxF "$ref" "$SWARM_STATE/images" 2>/dev/null || echo "$ref" >>"$SWARM_STATE/images"
+  if [[ -n ${IOT_REGISTRY:-} ]]; then
+    log "Pushing $ref"
+    docker push "$ref"
+  fi
+  export "$var=$ref"
+}
+
+ensure_secrets() {
+  local secrets_dir=$SWARM_STATE/secrets
+  mkdir -p "$secrets_dir"
+  chmod 700 "$secrets_dir"
+  local created=() secret name file env_var value
+  for secret in "${SECRETS[@]}"; do
+    name=iot_$secret
+    docker secret inspect "$name" >/dev/null 2>&1 && continue
+    file=$secrets_dir/$secret
+    env_var=IOT_SECRET_${secret^^}
+    if [[ -n ${!env_var:-} ]]; then
+      value=${!env_var}
+    elif [[ -s $file ]]; then
+      # Kept by clean.sh with the data volumes, whose databases were set up with it.
+      value=$(<"$file")
+    elif [[ ${CI:-} == true ]]; then
+      die "secret $name does not exist. In CI set the masked variable $env_var, or create it
+  on the swarm: printf '%s' 'the-value' | docker secret create $name -"
+    else
+      if [[ $secret == grafana_admin_password ]]; then value=$GRAFANA_DEFAULT_PASSWORD; else value=$(random_secret); fi
+      created+=("$secret=$value")
+    fi
+    (umask 077 && printf '%s' "$value" >"$file")
+    printf '%s' "$value" | docker secret create --label "$SECRET_LABEL" "$name" - >/dev/null
+  done
+  if ((${#created[@]})); then
+    log "Created secrets (shown this once; kept in $secrets_dir/, readable only by you):"
+    local entry
+    for entry in "${created[@]}"; do note "${entry%%=*}: ${entry#*=}"; done
+  fi
+}
+
+deploy_stack() {
+  local args=(stack deploy --compose-file stack.yml --prune --with-registry-auth) help
+  # Newer CLIs wait in the foreground unless told not to; we wait below, with progress.
+  help=$(docker stack deploy --help 2>&1 || true)
+  [[ $help == *--detach* ]] && args+=(--detach=true)
+  log "Deploying stack.yml as stack '$STACK' (broker mode: $(mode_name))"
+  docker "${args[@]}" "$STACK"
+}
+
+# One line per service of the stack that is not done yet: "name (running/desired, why)".
+services_not_ready() {
+  local name replicas running desired state error
+  while read -r name replicas; do
+    running=${replicas%%/*}
+    desired=${replicas#*/}
+    desired=${desired%% *}
+    state=$(docker service inspect --format '{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}' "$name")
+    case $state in
+      rollback_completed | rollback_paused | paused)
+        echo "FAILED $name (update $state)"
+        continue
+        ;;
+    esac
+    if [[ $running != "$desired" || $state == updating || $state == rollback_started ]]; then
+      # A task's last error says why it does not run (image missing, unhealthy, no node).
+      error=$(docker service ps --no-trunc --format '{{.Error}}' "$name" 2>/dev/null | grep -m1 . || true)
+      echo "$name ($running/$desired${state:+, $state}${error:+, $error})"
+    fi
+  done < <(docker service ls --filter "label=com.docker.stack.namespace=$STACK" --format '{{.Name}} {{.Replicas}}')
+}
+
+show_failure() {
+  local service
+  for service in "$@"; do
+    printf '\n--- %s: tasks ---\n' "$service" >&2
+    docker service ps --no-trunc --format 'table {{.Name}}\t{{.CurrentState}}\t{{.Error}}' "$service" 2>&1 | head -n 8 >&2 || true
+    printf -- '--- %s: last log lines ---\n' "$service" >&2
+    docker service logs --tail 40 --timestamps "$service" 2>&1 | tail -n 40 >&2 || true
+  done
+}
+
+# Until every service runs its desired number of tasks and no update is in progress.
+# Swarm reports a task as running only once its health check passed, so this is "healthy".
+wait_until_converged() {
+  local started=$SECONDS last_report="" confirmations=0 pending=()
+  log "Waiting for the services to be running and healthy (timeout ${TIMEOUT}s)"
+  while :; do
+    mapfile -t pending < <(services_not_ready)
+    local entry failed=()
+    for entry in "${pending[@]}"; do
+      if [[ $entry == FAILED* ]]; then
+        echo "$entry" >&2
+        entry=${entry#FAILED }
+        failed+=("${entry%% *}")
+      fi
+    done
+    if ((${#failed[@]})); then
+      show_failure "${failed[@]}"
+      die "an update failed and was rolled back; see the tasks and logs above"
+    fi
+    if ((${#pending[@]} == 0)); then
+      # Twice in a row: right after a deploy, Swarm may not have started the update yet.
+      ((++confirmations >= 2)) && break
+    else
+      confirmations=0
+      local report
+      report="waiting for ${#pending[@]} service(s): $(printf '%s; ' "${pending[@]}")"
+      if [[ $report != "$last_report" ]]; then
+        note "[$((SECONDS - started))s] ${report%; }"
+        last_report=$report
+      fi
+    fi
+    if ((SECONDS - started >= TIMEOUT)); then
+      show_failure "${pending[@]%% *}"
+      die "not every service became healthy within ${TIMEOUT}s (their tasks and logs are above;
+  a longer wait: ./run.sh --timeout 1200)"
+    fi
+    sleep 3
+  done
+  note "all services are running and healthy after $((SECONDS - started))s"
+}
+
+# Configs of earlier versions (other hashes) are no longer used by any service.
+prune_old_configs() {
+  local config
+  for config in $(docker config ls --filter "label=com.docker.stack.namespace=$STACK" --format '{{.Name}}'); do
+    docker config rm "$config" >/dev/null 2>&1 || true # in use: the current version
+  done
+}
+
+print_swarm_endpoints() {
+  local addr secrets_dir=$SWARM_STATE/secrets grafana_password
+  addr=$(docker info --format '{{.Swarm.NodeAddr}}')
+  addr=${addr:-localhost}
+  grafana_password="in $secrets_dir/grafana_admin_password"
+  if [[ -f $secrets_dir/grafana_admin_password && $(<"$secrets_dir/grafana_admin_password") == "$GRAFANA_DEFAULT_PASSWORD" ]]; then
+    grafana_password=$GRAFANA_DEFAULT_PASSWORD
+  fi
+  cat <<EOF
+
+The IoT platform is running (stack '$STACK', broker mode: $(mode_name)).
+  Grafana      http://$addr/         user assistant, password $grafana_password
+  MQTT         $addr:1883            mosquitto_pub -h $addr -t UPB/RPi_1 -m '{"BAT": 99, "HUMID": 40}'
+  HTTP API     http://$addr:8080/    through Kong; admin ${AUTH_ADMIN_USERNAME:-admin}, password in $secrets_dir/auth_admin_password
+  phpMyAdmin   http://$addr:8081/    user auth_server (password in $secrets_dir/mysql_password)
+                                     or root (password in $secrets_dir/mysql_root_password)
+  InfluxDB, MySQL and Prometheus are reachable only inside the stack; the Grafana
+  dashboard "Platform Health" shows what Prometheus collects.
+  Data flow:   docker service logs -f ${STACK}_adapter
+  Status:      docker stack services $STACK
+  Remove all:  ./clean.sh
+EOF
+}
+
+swarm_mode() {
+  swarm_check_prerequisites
+  mkdir -p "$SWARM_STATE"
+  chmod 700 "$STATE_DIR" "$SWARM_STATE"
+  ensure_swarm
+  ensure_data_node
+  # The auth server imports the adapter's message contract: its context holds both.
+  build_image adapter adapter/Dockerfile ADAPTER_IMAGE adapter
+  build_image auth-server auth_server/Dockerfile AUTH_SERVER_IMAGE auth_server adapter
+  ensure_secrets
+  export_mode
+  export_config_hashes
+  local previous_mode=""
+  [[ -f $SWARM_STATE/mode ]] && previous_mode=$(<"$SWARM_STATE/mode")
+  if [[ $previous_mode == secure && $SECURE != true ]]; then
+    log "Note: the broker was in secure mode; this run switches it back to open (./run.sh --secure keeps it)"
+  fi
+  deploy_stack
+  mode_name >"$SWARM_STATE/mode"
+  wait_until_converged
+  prune_old_configs
+  print_swarm_endpoints
+}
+
+# --- Local mode ----------------------------------------------------------------------
+#
+# Each name in LOCAL_COMPONENTS is one process, started in this order (clean.sh stops
+# them in the reverse order) by the function local_<name>_start, which starts it with
+# local_spawn and returns once it answers (local_wait). local_<name>_info, if defined,
+# prints how to use it. Binaries the components need are keys of LOCAL_PACKAGES (value:
+# the Debian package providing it).
+#
+# Hook for the auth server: auth_server/local.sh, when it exists, is sourced after the
+# core's definitions. It appends its components (e.g. `mariadb auth_server`) to
+# LOCAL_COMPONENTS and its binaries to LOCAL_PACKAGES, and defines their functions the
+# same way, using local_spawn, local_wait, local_port_setting, port_open, LOCAL_DIR (its
+# state: data, logs/, pids/), VENV (the Python environment; pip-install its requirements
+# with local_pip_install) and CONNECT_HOST/BIND_ADDRESS. It may set LOCAL_SECURE_SUPPORTED=true
+# once it can run the broker in secure mode (SECURE is true with --secure).
+
+LOCAL_COMPONENTS=(mosquitto influxdb adapter)
+declare -A LOCAL_PACKAGES=(
+  [mosquitto]=mosquitto
+  [mosquitto_pub]=mosquitto-clients
+  [influxd]=influxdb
+  [influx]=influxdb-client
+  [curl]=curl
+)
+LOCAL_SECURE_SUPPORTED=false
+LOCAL_REQUIREMENTS=(adapter/requirements.txt)
+
+# local_port_setting VARIABLE DEFAULT: the port from the environment, else the default,
+# recorded in settings.env so that a later run (and the info it prints) uses the same.
+local_port_setting() {
+  local var=$1 default=$2 value
+  value=${!var:-$default}
+  if [[ ! $value =~ ^[0-9]+$ ]] || ((value < 1 || value > 65535)); then
+    die "$var=$value is not a port number"
+  fi
+  printf -v "$var" '%s' "$value"
+  export "${var?}"
+  echo "$var=$value" >>"$LOCAL_DIR/settings.env.new"
+}
+
+port_open() {
+  (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
+}
+
+# The PID of a running local component (fails when it does not run).
+local_pid() {
+  local file=$LOCAL_DIR/pids/$1.pid pid stat fields
+  [[ -f $file ]] || return 1
+  pid=$(head -n1 "$file")
+  [[ $pid =~ ^[0-9]+$ ]] && stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+  # Our processes lead their own session (setsid), which a recycled PID does not; the
+  # session is the 4th field after the command name (which may hold spaces).
+  read -ra fields <<<"${stat##*) }"
+  [[ ${fields[0]} != Z && ${fields[3]} == "$pid" ]] || return 1
+  echo "$pid"
+}
+
+# local_spawn NAME COMMAND...: starts COMMAND detached in its own session, output in
+# logs/NAME.log, PID in pids/NAME.pid.
+local_spawn() {
+  local name=$1
+  shift
+  setsid "$@" >>"$LOCAL_DIR/logs/$name.log" 2>&1 </dev/null &
+  echo "$!" >"$LOCAL_DIR/pids/$name.pid"
+  grep -qxF "$name" "$LOCAL_DIR/started" 2>/dev/null || echo "$name" >>"$LOCAL_DIR/started"
+}
+
+# local_wait NAME TIMEOUT CHECK...: until CHECK succeeds; fails with the log's end if the
+# process exits or the time is up.
+local_wait() {
+  local name=$1 timeout=$2
+  shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@"; do
+    if ! local_pid "$name" >/dev/null; then
+      tail -n 30 "$LOCAL_DIR/logs/$name.log" >&2 || true
+      die "$name exited during start-up (its log: $LOCAL_DIR/logs/$name.log)"
+    fi
+    if ((SECONDS >= deadline)); then
+      tail -n 30 "$LOCAL_DIR/logs/$name.log" >&2 || true
+      die "$name did not answer within ${timeout}s (its log: $LOCAL_DIR/logs/$name.log)"
+    fi
+    sleep 0.2
+  done
+}
+
+local_require_free_port() {
+  local what=$1 var=$2
+  if port_open "$CONNECT_HOST" "${!var}"; then
+    die "port ${!var} ($what) is already in use by another program; choose another one: $var=<port> ./run.sh"
+  fi
+}
+
+local_install_packages() {
+  local missing=() binary
+  for binary in "${!LOCAL_PACKAGES[@]}"; do
+    if ! command -v "$binary" >/dev/null 2>&1 && [[ ! -x /usr/sbin/$binary ]]; then
+      missing+=("${LOCAL_PACKAGES[$binary]}")
+    fi
+  done
+  if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then missing+=(python3-venv); fi
+  ((${#missing[@]})) || return 0
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  if ((EUID != 0)); then
+    die "missing Debian packages: ${missing[*]}
+  install them (sudo apt-get install -y ${missing[*]}) or run ./run.sh as root"
+  fi
+  command -v apt-get >/dev/null || die "missing packages ${missing[*]}, and this is not a Debian-like system"
+  log "Installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # The packages' own services must not start: they would take the ports we use.
+  local made_policy=false
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    made_policy=true
+  fi
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if $made_policy; then rm -f /usr/sbin/policy-rc.d; fi
+}
+
+local_pip_install() {
+  "$VENV/bin/pip" install -q --disable-pip-version-check "$@"
+}
+
+local_venv() {
+  if [[ ! -x $VENV/bin/python ]]; then
+    log "Creating the Python environment $VENV"
+    python3 -m venv "$VENV"
+  fi
+  local requirements=() file
+  for file in "${LOCAL_REQUIREMENTS[@]}"; do requirements+=(-r "$file"); done
+  # A no-op without network access when everything is installed already.
+  local_pip_install "${requirements[@]}"
+}
+
+local_mosquitto_start() {
+  local_require_free_port "MQTT" IOT_MQTT_PORT
+  local dir=$LOCAL_DIR/mosquitto conf=$LOCAL_DIR/mosquitto.conf
+  mkdir -p "$dir"
+  # The stack's configuration with only the listener and the paths changed, so local mode
+  # runs the very limits and persistence settings the stack does.
+  local data log
+  data=$(sed_escape "$dir/")
+  log=$(sed_escape "$LOCAL_DIR/logs/")
+  {
+    echo "# Generated by run.sh from mosquitto_mqtt_vol/mosquitto.conf for local mode."
+    sed -e "s|^listener 1883\$|listener $IOT_MQTT_PORT $BIND_ADDRESS|" \
+      -e "s|/mosquitto/data/|$data|" \
+      -e "s|/mosquitto/log/|$log|" \
+      -e '/^log_dest stdout$/d' mosquitto_mqtt_vol/mosquitto.conf
+    # Like InfluxDB and the adapter, the broker runs as whoever ran run.sh: as root it
+    # would otherwise switch to the `mosquitto` user, who cannot write to this folder.
+    echo "user $(id -un)"
+  } >"$conf"
+  if grep -v '^#' "$conf" | grep -Eq '(^|[[:space:]])/mosquitto/'; then
+    die "mosquitto_mqtt_vol/mosquitto.conf has a path local mode does not rewrite"
+  fi
+  local_spawn mosquitto "$(command -v mosquitto || echo /usr/sbin/mosquitto)" -c "$conf"
+  local_wait mosquitto 30 port_open "$CONNECT_HOST" "$IOT_MQTT_PORT"
+}
+
+local_mosquitto_info() {
+  note "MQTT broker  $BIND_ADDRESS:$IOT_MQTT_PORT (anyone may publish and subscribe)"
+  note "             log $LOCAL_DIR/logs/mosquitto.log, queue and sessions in $LOCAL_DIR/mosquitto/"
+}
+
+influx_ping() {
+  curl -fsS -o /dev/null "http://$CONNECT_HOST:$IOT_INFLUXDB_PORT/ping" 2>/dev/null
+}
+
+local_influxdb_start() {
+  local_require_free_port "InfluxDB HTTP" IOT_INFLUXDB_PORT
+  local_require_free_port "InfluxDB RPC" IOT_INFLUXDB_RPC_PORT
+  local dir=$LOCAL_DIR/influxdb conf=$LOCAL_DIR/influxdb.conf
+  mkdir -p "$dir"
+  cat >"$conf" <<EOF
+# Generated by run.sh for local mode.
+reporting-disabled = true
+bind-address = "127.0.0.1:$IOT_INFLUXDB_RPC_PORT"
+[meta]
+  dir = "$dir/meta"
+[data]
+  dir = "$dir/data"
+  wal-dir = "$dir/wal"
+  query-log-enabled = false
+  index-version = "tsi1"
+[http]
+  bind-address = "$BIND_ADDRESS:$IOT_INFLUXDB_PORT"
+  auth-enabled = false
+  log-enabled = false
+[monitor]
+  store-enabled = false
+EOF
+  local_spawn influxdb "$(command -v influxd || echo /usr/bin/influxd)" -config "$conf"
+  local_wait influxdb 60 influx_ping
+  # The same script that sets up the stack's InfluxDB (IoT_Devices, retention INF).
+  INFLUX_HOST=$CONNECT_HOST INFLUX_PORT=$IOT_INFLUXDB_PORT database/init_influx_db.sh \
+    >>"$LOCAL_DIR/logs/influxdb.log" 2>&1 || die "database/init_influx_db.sh failed (see $LOCAL_DIR/logs/influxdb.log)"
+}
+
+local_influxdb_info() {
+  note "InfluxDB     http://$BIND_ADDRESS:$IOT_INFLUXDB_PORT, database IoT_Devices (no login)"
+  note "             data in $LOCAL_DIR/influxdb/, log $LOCAL_DIR/logs/influxdb.log"
+}
+
+adapter_connected() {
+  local metrics
+  metrics=$(curl -fsS "http://127.0.0.1:$IOT_ADAPTER_METRICS_PORT/metrics" 2>/dev/null) || return 1
+  [[ $metrics == *$'\nadapter_mqtt_connected 1.0'* ]]
+}
+
+local_adapter_start() {
+  local_require_free_port "adapter metrics" IOT_ADAPTER_METRICS_PORT
+  local_spawn adapter env \
+    PYTHONUNBUFFERED=1 \
+    MQTT_HOST="$CONNECT_HOST" MQTT_PORT="$IOT_MQTT_PORT" MQTT_CLIENT_ID=iot-adapter-local \
+    INFLUXDB_HOST="$CONNECT_HOST" INFLUXDB_PORT="$IOT_INFLUXDB_PORT" INFLUXDB_DATABASE=IoT_Devices \
+    METRICS_PORT="$IOT_ADAPTER_METRICS_PORT" DEBUG_DATA_FLOW="${DEBUG_DATA_FLOW:-true}" \
+    "$VENV/bin/python" "$PWD/adapter/adapter.py"
+  local_wait adapter 60 adapter_connected
+}
+
+local_adapter_info() {
+  note "Adapter      metrics http://127.0.0.1:$IOT_ADAPTER_METRICS_PORT/metrics"
+  note "             data flow in $LOCAL_DIR/logs/adapter.log"
+}
+
+sed_escape() {
+  printf '%s' "$1" | sed -e 's/[\\|&]/\\&/g'
+}
+
+local_mode() {
+  LOCAL_DIR=$STATE_DIR/local
+  VENV=${IOT_VENV:-.venv}
+  if [[ -f auth_server/local.sh ]]; then
+    # shellcheck source=/dev/null
+    source auth_server/local.sh
+  fi
+  if [[ $SECURE == true && $LOCAL_SECURE_SUPPORTED != true ]]; then
+    die "--secure needs the auth server, which local mode does not run yet; use Swarm mode"
+  fi
+  mkdir -p "$LOCAL_DIR/logs" "$LOCAL_DIR/pids"
+  chmod 700 "$STATE_DIR"
+  LOCAL_DIR=$(cd "$LOCAL_DIR" && pwd)
+
+  # Settings of a running installation win: its processes listen where they listen.
+  local component running=()
+  for component in "${LOCAL_COMPONENTS[@]}"; do
+    local_pid "$component" >/dev/null && running+=("$component")
+  done
+  if ((${#running[@]})) && [[ -f $LOCAL_DIR/settings.env ]]; then
+    # shellcheck source=/dev/null
+    set -a && source "$LOCAL_DIR/settings.env" && set +a
+  fi
+  rm -f "$LOCAL_DIR/settings.env.new"
+  BIND_ADDRESS=${IOT_BIND_ADDRESS:-127.0.0.1}
+  echo "IOT_BIND_ADDRESS=$BIND_ADDRESS" >"$LOCAL_DIR/settings.env.new"
+  CONNECT_HOST=$BIND_ADDRESS
+  [[ $BIND_ADDRESS == 0.0.0.0 ]] && CONNECT_HOST=127.0.0.1
+  local_port_setting IOT_MQTT_PORT 1883
+  local_port_setting IOT_INFLUXDB_PORT 8086
+  local_port_setting IOT_INFLUXDB_RPC_PORT 8088
+  local_port_setting IOT_ADAPTER_METRICS_PORT 8000
+  for component in "${LOCAL_COMPONENTS[@]}"; do
+    if declare -F "local_${component}_settings" >/dev/null; then "local_${component}_settings"; fi
+  done
+  mv "$LOCAL_DIR/settings.env.new" "$LOCAL_DIR/settings.env"
+
+  local_install_packages
+  local_venv
+  local pid
+  for component in "${LOCAL_COMPONENTS[@]}"; do
+    if pid=$(local_pid "$component"); then
+      log "$component is already running (pid $pid)"
+    else
+      log "Starting $component"
+      "local_${component}_start"
+    fi
+  done
+
+  echo
+  echo "The platform's core is running as local processes (local mode, state in $LOCAL_DIR):"
+  for component in "${LOCAL_COMPONENTS[@]}"; do
+    if declare -F "local_${component}_info" >/dev/null; then "local_${component}_info"; fi
+  done
+  cat <<EOF
+Publish a reading:
+  mosquitto_pub -h $CONNECT_HOST -p $IOT_MQTT_PORT -q 1 -t UPB/RPi_1 -m '{"BAT": 99, "HUMID": 40}'
+See it stored (series UPB.RPi_1.BAT is measurement RPi_1.BAT, tag location=UPB):
+  influx -host $CONNECT_HOST -port $IOT_INFLUXDB_PORT -database IoT_Devices -execute 'SELECT * FROM "RPi_1.BAT"'
+Follow the data flow:   tail -f $LOCAL_DIR/logs/adapter.log
+Stop and remove it all: ./clean.sh
+EOF
+}
+
+# --- Entry point ---------------------------------------------------------------------
+
+main() {
+  SECURE=false
+  TIMEOUT=600
+  local force_local=false
+  while (($#)); do
+    case $1 in
+      --secure) SECURE=true ;;
+      --local) force_local=true ;;
+      --timeout)
+        [[ ${2:-} =~ ^[0-9]+$ ]] || die "--timeout needs a number of seconds (see --help)"
+        TIMEOUT=$2
+        shift
+        ;;
+      -h | --help)
+        usage
+        return 0
+        ;;
+      *)
+        usage >&2
+        echo >&2
+        die "unknown option: $1"
+        ;;
+    esac
+    shift
+  done
+  cd "$(dirname "${BASH_SOURCE[0]}")"
+  STATE_DIR=${IOT_STATE_DIR:-.state}
+  SWARM_STATE=$STATE_DIR/swarm
+  mkdir -p "$STATE_DIR"
+
+  if $force_local; then
+    log "Local mode (--local): running the platform's core as local processes"
+    local_mode
+  elif ! command -v docker >/dev/null 2>&1; then
+    log "No Docker here: running the platform's core as local processes (local mode)"
+    local_mode
+  elif ! docker info >/dev/null 2>&1; then
+    local reason
+    reason=$(docker_error)
+    if [[ $reason == *"permission denied"* ]]; then
+      die "Docker is installed but you may not use it: $reason
+  Run ./run.sh with sudo, join the docker group, or use local mode: ./run.sh --local"
+    fi
+    log "No Docker engine answers ($reason)"
+    log "Running the platform's core as local processes instead (local mode)"
+    local_mode
+  else
+    swarm_mode
+  fi
+}
+
+# Sourced (by the tests) it only defines the functions.
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+  main "$@"
+fi

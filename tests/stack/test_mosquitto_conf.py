@@ -1,0 +1,271 @@
+"""mosquitto_mqtt_vol/*.conf run by a real Mosquitto, with only their paths rewritten, and
+the broker service's start-up script and health check from stack.yml run against them."""
+
+from __future__ import annotations
+
+import glob
+import os
+import queue
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from tests.mqtt_client import Publisher
+from tests.servers import REPO_ROOT, MosquittoServer, ServerError, free_port, require_binary
+
+CONF_DIR = REPO_ROOT / "mosquitto_mqtt_vol"
+ADMIN = "iot-admin"
+MESSAGE_SIZE_LIMIT = 262144  # the adapter's MAX_MESSAGE_BYTES default
+
+
+def dynsec_plugin() -> str:
+    found = glob.glob("/usr/lib/*/mosquitto_dynamic_security.so") + glob.glob(
+        "/usr/lib/mosquitto_dynamic_security.so"
+    )
+    if not found:
+        raise ServerError("mosquitto_dynamic_security.so is not installed (Debian package mosquitto)")
+    return found[0]
+
+
+class Paths:
+    """Where a test's broker keeps what the stack keeps in its volumes and secrets."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.data = workdir / "data"
+        self.log = workdir / "log"
+        self.secrets = workdir / "secrets"
+        self.conf = workdir / "mosquitto.conf"
+        for folder in (self.data, self.log, self.secrets):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def rewrite(self, text: str, port: int) -> str:
+        """The container's paths and port replaced by this test's (nothing else changes)."""
+        return (
+            text.replace("/mosquitto/config/mosquitto.conf", str(self.conf))
+            .replace("/mosquitto/data/", f"{self.data}/")
+            .replace("/mosquitto/log/", f"{self.log}/")
+            .replace("/run/secrets/", f"{self.secrets}/")
+            .replace("/usr/lib/mosquitto_dynamic_security.so", dynsec_plugin())
+            .replace("listener 1883\n", f"listener {port} 127.0.0.1\n")
+            .replace("-p 1883 ", f"-p {port} ")
+        )
+
+    def config(self, name: str, port: int) -> str:
+        text = self.rewrite((CONF_DIR / name).read_text(), port)
+        # Started as root, mosquitto would switch to its own user, which cannot write into
+        # pytest's private temporary folders (in the image, /mosquitto belongs to it).
+        if os.geteuid() == 0:
+            text += "user root\n"
+        code_lines = [line for line in text.splitlines() if not line.startswith("#")]
+        assert not any(" /mosquitto/" in line for line in code_lines), "a path was not rewritten"
+        return text
+
+
+class StackBroker(MosquittoServer):
+    """Mosquitto started the way the stack's mqtt_broker service starts it: its
+    entrypoint script from stack.yml, paths rewritten, ending in `exec mosquitto`."""
+
+    def __init__(self, paths: Paths, conf_name: str, service: dict[str, Any]) -> None:
+        port = free_port()
+        super().__init__(paths.workdir, port=port, config_text=paths.config(conf_name, port))
+        assert service["entrypoint"] == ["/bin/sh", "-ec"]
+        script = paths.rewrite(service["command"][0], port)
+        self.script = script.replace("/docker-entrypoint.sh /usr/sbin/mosquitto", self.binary)
+        assert str(paths.conf) in self.script and self.binary in self.script
+
+    def command(self) -> list[str]:
+        return ["/bin/sh", "-ec", self.script]
+
+
+def health_check(service: dict[str, Any], paths: Paths, port: int) -> subprocess.CompletedProcess[str]:
+    """The service's CMD-SHELL health check, run the way Docker runs it."""
+    kind, command = service["healthcheck"]["test"]
+    assert kind == "CMD-SHELL"
+    return subprocess.run(
+        ["/bin/sh", "-c", paths.rewrite(command, port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+class Subscriber:
+    """An MQTT 5 subscriber collecting (topic, payload) pairs; persistent when given a client id."""
+
+    def __init__(self, port: int, client_id: str | None = None, username: str | None = None) -> None:
+        self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.connected: queue.Queue[int] = queue.Queue()
+        self.subscribed: queue.Queue[int] = queue.Queue()
+        self.client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"stacktest-{uuid.uuid4().hex}",
+            protocol=mqtt.MQTTv5,
+        )
+        self.client.on_connect = lambda c, u, f, rc, p: self.connected.put(rc.value)
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: self.subscribed.put(mid)
+        self.client.on_message = lambda c, u, m: self.messages.put((m.topic, m.payload))
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 300 if client_id else 0
+        self.client.connect("127.0.0.1", port, clean_start=client_id is None, properties=props)
+        self.client.loop_start()
+        assert self.connected.get(timeout=10) == 0
+
+    def subscribe(self, topic: str) -> None:
+        self.client.subscribe(topic, qos=1)
+        self.subscribed.get(timeout=10)
+
+    def take(self, count: int, timeout_s: float = 60.0) -> list[tuple[str, bytes]]:
+        return [self.messages.get(timeout=timeout_s) for _ in range(count)]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture(scope="module")
+def broker_service(stack: dict[str, Any]) -> dict[str, Any]:
+    return stack["services"]["mqtt_broker"]
+
+
+@pytest.fixture
+def default_broker(tmp_path: Path, broker_service: dict[str, Any]) -> Any:
+    paths = Paths(tmp_path)
+    server = StackBroker(paths, "mosquitto.conf", broker_service)
+    server.start()
+    yield server, paths
+    server.stop()
+
+
+def test_default_conf_lets_anonymous_clients_publish_and_subscribe(default_broker: Any) -> None:
+    server, paths = default_broker
+    topic = f"stacktest/{uuid.uuid4().hex}/RPi_1"
+    subscriber = Subscriber(server.port)
+    publisher = Publisher(server.port)
+    try:
+        subscriber.subscribe("#")  # any client may subscribe to everything
+        publisher.publish(topic, b'{"BAT": 99}')
+        publisher.wait(10)
+        assert (topic, b'{"BAT": 99}') in subscriber.take(1)
+    finally:
+        publisher.close()
+        subscriber.close()
+    # The default mode never sets up the secure mode's accounts file.
+    assert not (paths.data / "dynamic-security.json").exists()
+
+
+def test_default_conf_keeps_data_and_logs_in_the_volumes(default_broker: Any) -> None:
+    server, paths = default_broker
+    server.stop()
+    assert (paths.data / "mosquitto.db").is_file(), "persistence goes to /mosquitto/data"
+    assert "mosquitto version" in (paths.log / "mosquitto.log").read_text()
+    assert "Error" not in server.log_text()
+
+
+def test_queue_holds_the_adapters_backlog_while_it_is_away(default_broker: Any) -> None:
+    # Mosquitto's default queue (1000 messages per client) would drop most of these.
+    server, _ = default_broker
+    prefix = f"stacktest/{uuid.uuid4().hex}"
+    client_id = f"stacktest-adapter-{uuid.uuid4().hex}"
+    away = Subscriber(server.port, client_id=client_id)
+    away.subscribe(f"{prefix}/#")
+    away.close()
+    publisher = Publisher(server.port)
+    try:
+        publisher.publish_all((f"{prefix}/RPi_1", str(i).encode()) for i in range(5000))
+        publisher.wait(60)
+    finally:
+        publisher.close()
+    back = Subscriber(server.port, client_id=client_id)
+    try:
+        payloads = {int(payload) for _, payload in back.take(5000)}
+    finally:
+        back.close()
+    assert payloads == set(range(5000))
+
+
+def test_message_size_limit_drops_only_oversized_payloads(default_broker: Any) -> None:
+    server, _ = default_broker
+    prefix = f"stacktest/{uuid.uuid4().hex}"
+    subscriber = Subscriber(server.port)
+    publisher = Publisher(server.port)
+    try:
+        subscriber.subscribe(f"{prefix}/#")
+        publisher.publish(f"{prefix}/fits", b"x" * MESSAGE_SIZE_LIMIT)
+        publisher.publish(f"{prefix}/too_big", b"x" * (MESSAGE_SIZE_LIMIT + 1))
+        publisher.publish(f"{prefix}/marker", b"end")
+        # The oversized one is acknowledged too: the device is not stuck resending it.
+        publisher.wait(10)
+        received = [topic for topic, _ in subscriber.take(2)]
+    finally:
+        publisher.close()
+        subscriber.close()
+    assert received == [f"{prefix}/fits", f"{prefix}/marker"]
+
+
+def test_health_check_passes_only_while_the_broker_answers(
+    default_broker: Any, broker_service: dict[str, Any]
+) -> None:
+    server, paths = default_broker
+    result = health_check(broker_service, paths, server.port)
+    assert result.returncode == 0, result.stderr
+    server.stop()
+    assert health_check(broker_service, paths, server.port).returncode != 0
+
+
+def test_secure_mode_admits_only_accounts(
+    tmp_path: Path, broker_service: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = Paths(tmp_path)
+    password = uuid.uuid4().hex
+    (paths.secrets / "mqtt_admin_password").write_text(password)
+    # The service's environment, which its start-up script and health check read.
+    monkeypatch.setenv("MQTT_ADMIN_USERNAME", ADMIN)
+    server = StackBroker(paths, "mosquitto-secure.conf", broker_service)
+    server.start()
+    try:
+        # The start-up script created the plugin's state with the admin account.
+        assert f'"username":\t"{ADMIN}"' in (paths.data / "dynamic-security.json").read_text()
+        pub = require_binary("mosquitto_pub")
+        anonymous = [pub, "-h", "127.0.0.1", "-p", str(server.port), "-q", "1", "-t", "UPB/RPi_1", "-m", "{}"]
+        refused = subprocess.run(anonymous, capture_output=True, text=True, timeout=30, check=False)
+        assert refused.returncode != 0
+        assert "not authorised" in refused.stderr.lower()
+        result = health_check(broker_service, paths, server.port)
+        assert result.returncode == 0, result.stderr
+    finally:
+        server.stop()
+
+    # A restart keeps the accounts the auth server made: the file is not created again.
+    state = (paths.data / "dynamic-security.json").read_text()
+    (paths.secrets / "mqtt_admin_password").write_text("a-rotated-secret")
+    server.start()
+    try:
+        assert (paths.data / "dynamic-security.json").read_text() == state
+    finally:
+        server.stop()
+
+
+def code_lines(name: str) -> list[str]:
+    return [
+        line
+        for line in (CONF_DIR / name).read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+
+def test_secure_conf_differs_only_in_access_control() -> None:
+    access = ("allow_anonymous", "plugin", "plugin_opt_config_file")
+    default = [line for line in code_lines("mosquitto.conf") if not line.startswith(access)]
+    secure = [line for line in code_lines("mosquitto-secure.conf") if not line.startswith(access)]
+    assert secure == default
+    assert "allow_anonymous true" in code_lines("mosquitto.conf")
+    assert "allow_anonymous false" in code_lines("mosquitto-secure.conf")
+    assert "listener 1883" in default, "all addresses, the MQTT port"
