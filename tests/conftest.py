@@ -13,6 +13,7 @@ from tests.servers import (
     AdapterProcess,
     InfluxServer,
     ManagedServer,
+    MariaDBServer,
     MosquittoServer,
     PrometheusServer,
     tail,
@@ -121,3 +122,13 @@ def make_prometheus(tmp_path: Path) -> Iterator[Callable[..., PrometheusServer]]
     yield make
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDBServer]:
+    """One MariaDB for the session; tests isolate themselves with their own database."""
+    server = MariaDBServer(tmp_path_factory.mktemp("mariadb"))
+    server.start()
+    _track(server)
+    yield server
+    server.stop()

@@ -1,0 +1,107 @@
+"""Login, the current account, and the decorators that guard every other route."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+
+from auth_server.config import AuthConfig
+from auth_server.db import get_db
+from auth_server.errors import ApiError, unauthorized
+from auth_server.metrics import AuthMetrics
+from auth_server.passwords import verify_password
+from auth_server.policy import Account
+from auth_server.store import AccountStore
+from auth_server.tokens import TokenError, issue_token, verify_token
+
+log = logging.getLogger(__name__)
+bp = Blueprint("auth", __name__, url_prefix="/api/auth")
+
+View = TypeVar("View", bound=Callable[..., Any])
+
+# One message for unknown user, wrong password and disabled account: no username probing.
+BAD_CREDENTIALS = "invalid username or password"
+
+
+def json_body() -> dict[str, Any]:
+    """The request's JSON object, or a 400 saying what was expected."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object (Content-Type: application/json)")
+    return body
+
+
+def current_account() -> Account:
+    return cast(Account, g.account)
+
+
+def _authenticate() -> Account:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise unauthorized("missing bearer token (Authorization: Bearer <access_token>)")
+    config: AuthConfig = current_app.config["AUTH"]
+    try:
+        claims = verify_token(token.strip(), config.jwt_secret)
+    except TokenError as exc:
+        raise unauthorized("invalid or expired token") from exc
+    # The account is read on every request, so deletion, disabling and rights changes apply
+    # at once rather than when the token expires.
+    account = AccountStore(get_db()).get(claims.username)
+    if account is None or not account.enabled or account.token_version != claims.token_version:
+        raise unauthorized("invalid or expired token")
+    return account
+
+
+def login_required(view: View) -> View:
+    @functools.wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        g.account = _authenticate()
+        return view(*args, **kwargs)
+
+    return cast(View, wrapped)
+
+
+def admin_required(view: View) -> View:
+    @functools.wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        g.account = _authenticate()
+        if not g.account.is_admin:
+            raise ApiError(403, "this needs an admin account")
+        return view(*args, **kwargs)
+
+    return cast(View, wrapped)
+
+
+@bp.post("/login")
+def login() -> Response:
+    body = json_body()
+    username, password = body.get("username"), body.get("password")
+    if not isinstance(username, str) or not isinstance(password, str):
+        raise ApiError(400, "username and password must be strings")
+    config: AuthConfig = current_app.config["AUTH"]
+    metrics: AuthMetrics = current_app.extensions["auth_metrics"]
+    credentials = AccountStore(get_db()).credentials(username)
+    password_ok = verify_password(credentials.password_hash if credentials else None, password)
+    if credentials is None or not password_ok or not credentials.account.enabled:
+        metrics.logins.labels(result="failure").inc()
+        if credentials is None:
+            # Unknown names are not logged: people type their password into the username field.
+            log.info("login refused: unknown username")
+        else:
+            log.info("login refused for %s", credentials.account.username)
+        raise unauthorized(BAD_CREDENTIALS)
+    metrics.logins.labels(result="success").inc()
+    log.info("login: %s", credentials.account.username)
+    token = issue_token(credentials.account, config.jwt_secret, config.jwt_expires_s)
+    return jsonify(access_token=token, token_type="Bearer", expires_in=config.jwt_expires_s)
+
+
+@bp.get("/me")
+@login_required
+def me() -> Response:
+    return jsonify(current_account().to_json())

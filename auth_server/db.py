@@ -1,0 +1,93 @@
+"""MySQL connections: one per request (PyMySQL), the schema applied at start, readiness waits."""
+
+from __future__ import annotations
+
+import logging
+import time
+from importlib import resources
+
+import pymysql
+import pymysql.cursors
+from flask import Flask, current_app, g
+
+from auth_server.config import AuthConfig
+
+log = logging.getLogger(__name__)
+
+Connection = pymysql.connections.Connection
+
+
+class DatabaseUnavailableError(RuntimeError):
+    """MySQL could not be reached (within the start-up timeout, or for this request)."""
+
+
+def connect(config: AuthConfig) -> Connection:
+    """A new connection: explicit transactions, dict rows, UTC timestamps, bounded waits."""
+    return pymysql.connect(
+        host=config.mysql_host,
+        port=config.mysql_port,
+        user=config.mysql_user,
+        password=config.mysql_password,
+        database=config.mysql_database,
+        charset="utf8mb4",
+        autocommit=False,
+        cursorclass=pymysql.cursors.DictCursor,
+        init_command="SET time_zone = '+00:00'",
+        connect_timeout=5,
+        read_timeout=30,
+        write_timeout=30,
+    )
+
+
+def get_db() -> Connection:
+    """The connection of the current request, opened on first use."""
+    if "db" not in g:
+        config: AuthConfig = current_app.config["AUTH"]
+        try:
+            g.db = connect(config)
+        except pymysql.err.OperationalError as exc:
+            raise DatabaseUnavailableError(f"cannot connect to MySQL: {exc.args[-1]}") from exc
+    return g.db
+
+
+def close_db(_error: BaseException | None = None) -> None:
+    db = g.pop("db", None)
+    if db is not None:
+        # Closing without COMMIT rolls back whatever a failed request left open.
+        db.close()
+
+
+def init_app(app: Flask) -> None:
+    app.teardown_appcontext(close_db)
+
+
+def wait_until_ready(config: AuthConfig, timeout_s: float) -> Connection:
+    """Connect, retrying while MySQL starts (in a stack it often comes up after us)."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.2
+    while True:
+        try:
+            return connect(config)
+        except pymysql.err.OperationalError as exc:
+            if time.monotonic() + delay > deadline:
+                raise DatabaseUnavailableError(
+                    f"MySQL at {config.mysql_host}:{config.mysql_port} (database {config.mysql_database!r}, "
+                    f"user {config.mysql_user!r}) not reachable within {timeout_s:g}s: {exc.args[-1]}"
+                ) from exc
+            log.info("waiting for MySQL at %s:%s: %s", config.mysql_host, config.mysql_port, exc.args[-1])
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def schema_statements() -> list[str]:
+    """The statements of schema.sql, comments removed (PyMySQL runs one statement per call)."""
+    text = resources.files("auth_server").joinpath("schema.sql").read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def apply_schema(conn: Connection) -> None:
+    with conn.cursor() as cur:
+        for statement in schema_statements():
+            cur.execute(statement)
+    conn.commit()

@@ -1,0 +1,64 @@
+"""Every error leaves the API as JSON `{"error": "..."}` with the matching HTTP status."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from auth_server.db import DatabaseUnavailableError
+from auth_server.policy import ValidationError
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """Raised by a view to answer with `status` and a message the caller can act on."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def unauthorized(message: str) -> ApiError:
+    # RFC 6750: a 401 for a bearer-token API names the scheme.
+    return ApiError(401, message, {"WWW-Authenticate": 'Bearer realm="iot-platform"'})
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    response = jsonify(error=message)
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> Response:
+        return error_response(exc.status, exc.message, exc.headers)
+
+    @app.errorhandler(ValidationError)
+    def _validation_error(exc: ValidationError) -> Response:
+        return error_response(400, str(exc))
+
+    @app.errorhandler(DatabaseUnavailableError)
+    def _database_unavailable(exc: DatabaseUnavailableError) -> Response:
+        log.error("%s", exc)
+        return error_response(503, "the account database is unavailable, try again later")
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        # 404, 405, 413 ... from routing or werkzeug, in the same JSON shape.
+        # Keep headers such as 405's Allow; the body (and its type) is ours.
+        headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+        return error_response(exc.code or 500, exc.description or exc.name, headers)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        # The traceback goes to the log (it holds no request body); the caller learns nothing more.
+        log.exception("unhandled error")
+        return error_response(500, "internal server error")

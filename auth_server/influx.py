@@ -1,0 +1,84 @@
+"""InfluxDB 1.x over HTTP for the data API: line-protocol writes and parameterized queries."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import requests
+
+
+class InfluxUnavailableError(RuntimeError):
+    """InfluxDB did not answer, or failed (5xx): the same request may succeed later."""
+
+
+class InfluxRejectedError(RuntimeError):
+    """InfluxDB refused the write (HTTP 400); some points of it may have been stored."""
+
+
+def quote_identifier(name: str) -> str:
+    """An InfluxQL double-quoted identifier; backslash and quote are the escapes it knows."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class InfluxClient:
+    def __init__(self, host: str, port: int, database: str, timeout_s: float = 10.0) -> None:
+        self.url = f"http://{host}:{port}"
+        self.database = database
+        self.timeout_s = timeout_s
+
+    def _post(self, path: str, **kwargs: Any) -> requests.Response:
+        try:
+            response = requests.post(f"{self.url}{path}", timeout=self.timeout_s, **kwargs)
+        except requests.RequestException as exc:
+            raise InfluxUnavailableError(f"InfluxDB unreachable: {exc.__class__.__name__}") from exc
+        if response.status_code >= 500:
+            raise InfluxUnavailableError(f"InfluxDB error {response.status_code}: {response.text[:200]}")
+        return response
+
+    def ping(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/ping", timeout=2).status_code == 204
+        except requests.RequestException:
+            return False
+
+    def create_database(self) -> None:
+        # Idempotent in InfluxDB 1.x; INF retention as the platform contract requires.
+        q = f"CREATE DATABASE {quote_identifier(self.database)} WITH DURATION INF"
+        response = self._post("/query", data={"q": q})
+        if response.status_code != 200 or "error" in response.text:
+            raise InfluxUnavailableError(f"cannot create database {self.database!r}: {response.text[:200]}")
+
+    def write_lines(self, lines: Sequence[str]) -> None:
+        """Write every line in one request; creates the database once if it is missing."""
+        if not lines:
+            return
+        body = "\n".join(lines).encode("utf-8")
+        params = {"db": self.database, "precision": "n"}
+        response = self._post("/write", params=params, data=body)
+        if response.status_code == 404 and "database not found" in response.text:
+            self.create_database()
+            response = self._post("/write", params=params, data=body)
+        if response.status_code == 204:
+            return
+        if response.status_code == 400:
+            raise InfluxRejectedError(response.text[:300])
+        raise InfluxUnavailableError(f"InfluxDB answered {response.status_code}: {response.text[:200]}")
+
+    def query(self, q: str, bind: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The series of a one-statement query; values are passed as bound `$name` parameters,
+        never spliced into the query text. A missing database reads as no data."""
+        response = self._post("/query", data={"db": self.database, "q": q, "params": json.dumps(dict(bind))})
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise InfluxUnavailableError(f"InfluxDB answered {response.status_code} without JSON") from exc
+        if "error" in body:
+            raise InfluxUnavailableError(f"InfluxDB query failed: {body['error']}")
+        result = body.get("results", [{}])[0]
+        if "error" in result:
+            if str(result["error"]).startswith("database not found"):
+                return []
+            raise InfluxUnavailableError(f"InfluxDB query failed: {result['error']}")
+        return list(result.get("series", []))

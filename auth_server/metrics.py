@@ -1,0 +1,62 @@
+"""Prometheus metrics of the auth server (served at /metrics) and the request instrumentation."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Flask, Response, g, request
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+# Requests that matched no route share one label value: raw paths would let any caller
+# create unbounded label sets.
+UNMATCHED_ROUTE = "unmatched"
+
+
+class AuthMetrics:
+    """All of the auth server's metrics, on a registry of their own (tests build many apps)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.http_requests = Counter(
+            "auth_http_requests",
+            "HTTP requests answered, by method, route template and status code",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.http_request_duration = Histogram(
+            "auth_http_request_duration_seconds",
+            "Time to answer one HTTP request, by method and route template",
+            ["method", "route"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.logins = Counter(
+            "auth_logins", "Login attempts by result (success, failure)", ["result"], registry=r
+        )
+        self.points_written = Counter(
+            "auth_points_written", "Points written to InfluxDB through the HTTP data API", registry=r
+        )
+        # Both results exist from the start, so a rate() over failures works before the first one.
+        for result in ("success", "failure"):
+            self.logins.labels(result=result)
+
+    def instrument(self, app: Flask) -> None:
+        @app.before_request
+        def _start_timer() -> None:
+            g.request_started = time.perf_counter()
+
+        @app.after_request
+        def _record(response: Response) -> Response:
+            started = g.pop("request_started", None)
+            route = request.url_rule.rule if request.url_rule is not None else UNMATCHED_ROUTE
+            method = request.method if request.method in _METHODS else "OTHER"
+            self.http_requests.labels(method=method, route=route, status=str(response.status_code)).inc()
+            if started is not None:
+                self.http_request_duration.labels(method=method, route=route).observe(
+                    time.perf_counter() - started
+                )
+            return response
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
