@@ -9,16 +9,17 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
 from tests.mqtt_client import Publisher
 from tests.prometheus.platform_files import ALERTS, local_config
+from tests.prometheus.scraped import AuthServerProcess, ScrapedPlatform
 from tests.servers import (
     AdapterProcess,
     InfluxServer,
     ManagedServer,
+    MariaDBServer,
     MosquittoServer,
     PrometheusServer,
     free_port,
@@ -28,6 +29,7 @@ from tests.servers import (
 
 MESSAGES = 20
 NUMBERS_PER_MESSAGE = 2
+FAILED_LOGINS = 3
 
 _servers: list[ManagedServer] = []
 
@@ -42,38 +44,33 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
             report.sections.append((f"{server.name} log", tail(server.log_path, 80)))
 
 
-@dataclass(frozen=True)
-class ScrapedPlatform:
-    prometheus: PrometheusServer
-    adapter: AdapterProcess
-    points: int  # numeric values published, i.e. points the adapter must have stored
-    received: int  # every message published, valid or not
-    not_numeric: int  # values ignored because they are not numbers
-    published_from: float  # Unix time before the first message
-    stored_at: float  # Unix time once the adapter reported every point stored
-    down_jobs: frozenset[str]  # jobs whose component cannot run here: their targets stay down
-
-
 def _start(server: ManagedServer) -> None:
     _servers.append(server)
     server.start()
 
 
 @pytest.fixture(scope="package")
-def scraped(tmp_path_factory: pytest.TempPathFactory, influx: InfluxServer) -> Iterator[ScrapedPlatform]:
-    """The adapter after known traffic, scraped by Prometheus with the real config and rules.
+def scraped(
+    tmp_path_factory: pytest.TempPathFactory, influx: InfluxServer, mariadb: MariaDBServer
+) -> Iterator[ScrapedPlatform]:
+    """The adapter and the auth server after known traffic, scraped by Prometheus with the
+    real config and rules.
 
-    Kong, Grafana (and, until it lands, the auth server) cannot run here; their jobs point
-    at closed ports, which also gives the ComponentDown rule real failed scrapes.
+    Kong and Grafana cannot be installed here; their jobs point at closed ports, which also
+    gives the ComponentDown rule real failed scrapes.
     """
     database = "t_prometheus_scraped"
+    mysql_database = "t_prometheus_scraped"
+    mariadb.create_database(mysql_database)
     workdir = tmp_path_factory.mktemp("scraped")
     broker = MosquittoServer(workdir / "mosquitto")
     adapter = AdapterProcess(workdir / "adapter", broker, influx, database)
+    auth_server = AuthServerProcess(workdir / "auth_server", mariadb, mysql_database, influx)
     port = free_port()
-    down = {job: f"127.0.0.1:{free_port()}" for job in ("kong", "grafana", "auth_server")}
+    down = {job: f"127.0.0.1:{free_port()}" for job in ("kong", "grafana")}
     targets = {
         "adapter": f"127.0.0.1:{adapter.metrics_port}",
+        "auth_server": f"127.0.0.1:{auth_server.port}",
         "influxdb": f"127.0.0.1:{influx.port}",
         "prometheus": f"127.0.0.1:{port}",
         **down,
@@ -82,11 +79,12 @@ def scraped(tmp_path_factory: pytest.TempPathFactory, influx: InfluxServer) -> I
         workdir / "prometheus", local_config(targets), {"alerts.yml": ALERTS.read_text()}, port
     )
     try:
-        for server in (broker, adapter, prometheus):
+        for server in (broker, adapter, auth_server, prometheus):
             _start(server)
         yield _publish_and_wait(
             prometheus=prometheus,
             adapter=adapter,
+            auth_server=auth_server,
             influx=influx,
             database=database,
             broker=broker,
@@ -96,12 +94,14 @@ def scraped(tmp_path_factory: pytest.TempPathFactory, influx: InfluxServer) -> I
         for server in reversed(_servers):
             server.stop()
         _servers.clear()
+        mariadb.drop_database(mysql_database)
 
 
 def _publish_and_wait(
     *,
     prometheus: PrometheusServer,
     adapter: AdapterProcess,
+    auth_server: AuthServerProcess,
     influx: InfluxServer,
     database: str,
     broker: MosquittoServer,
@@ -130,27 +130,35 @@ def _publish_and_wait(
     )
     # The adapter's counter is what Prometheus will see; the database says it is the truth.
     assert influx.count_points(database) == points
+    assert auth_server.login("admin", auth_server.admin_password) == 200
+    for _ in range(FAILED_LOGINS):
+        assert auth_server.login("admin", "not the password") == 401
     stored_at = time.time()
 
-    def scraped_since() -> bool:
-        # A scrape after the last point was stored, and two samples at least, so rate() has
+    def scraped_since(job: str) -> bool:
+        # A scrape after the traffic ended, and two samples at least, so rate() has
         # something to work on in the dashboard's queries.
-        last = prometheus.query('timestamp(up{job="adapter"})')
-        samples = prometheus.query('count_over_time(up{job="adapter"}[1m])')
+        last = prometheus.query(f'timestamp(up{{job="{job}"}})')
+        samples = prometheus.query(f'count_over_time(up{{job="{job}"}}[1m])')
         return (
             bool(last and samples)
             and float(last[0]["value"][1]) > stored_at
             and float(samples[0]["value"][1]) >= 2
         )
 
-    wait_for(scraped_since, 30, "Prometheus to scrape the adapter", prometheus.proc, prometheus.log_path)
+    for job in ("adapter", "auth_server"):
+        wait_for(
+            lambda job=job: scraped_since(job), 30, f"a scrape of {job}", prometheus.proc, prometheus.log_path
+        )
     return ScrapedPlatform(
         prometheus=prometheus,
         adapter=adapter,
+        auth_server=auth_server,
         points=points,
         received=MESSAGES + 3,
         not_numeric=MESSAGES + 1,
         published_from=published_from,
         stored_at=stored_at,
+        failed_logins=FAILED_LOGINS,
         down_jobs=down_jobs,
     )

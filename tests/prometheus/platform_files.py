@@ -69,7 +69,8 @@ def as_sent_by_grafana(expr: str) -> str:
 
 def own_metric_names(expr: str) -> set[str]:
     """Names of the adapter's and auth server's series an expression selects."""
-    return {m for m in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr) if m.startswith(OWN_PREFIXES)}
+    without_strings = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # job="auth_server" names no series
+    return {m for m in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", without_strings) if m.startswith(OWN_PREFIXES)}
 
 
 def exported_names(metrics_text: str) -> set[str]:

@@ -1,4 +1,5 @@
-"""Debian's Prometheus, with the platform's config and rules, scraping the real adapter."""
+"""Debian's Prometheus, with the platform's config and rules, scraping the real adapter and
+the real auth server."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import re
 import time
 from datetime import datetime
 
-from tests.prometheus.conftest import ScrapedPlatform
 from tests.prometheus.platform_files import alert_rules
+from tests.prometheus.scraped import ScrapedPlatform
 from tests.servers import PrometheusServer, wait_for
 
 
@@ -48,9 +49,25 @@ def test_stored_points_through_prometheus_equal_what_was_published(scraped: Scra
         assert scraped.published_from <= seen <= scraped.stored_at
 
 
+def test_logins_and_api_responses_through_prometheus_equal_what_was_sent(scraped: ScrapedPlatform) -> None:
+    prometheus = scraped.prometheus
+    wait_scraped_after(prometheus, "auth_server", scraped.stored_at)
+
+    logins = {
+        r["metric"]["result"]: float(r["value"][1])
+        for r in prometheus.query('auth_logins_total{job="auth_server"}')
+    }
+    assert logins == {"success": 1, "failure": scraped.failed_logins}
+    responses = {
+        r["metric"]["status"]: float(r["value"][1])
+        for r in prometheus.query('auth_http_requests_total{job="auth_server",route="/api/auth/login"}')
+    }
+    assert responses == {"200": 1, "401": scraped.failed_logins}
+
+
 def test_every_job_is_scraped_where_its_component_runs(scraped: ScrapedPlatform) -> None:
     prometheus = scraped.prometheus
-    jobs = {"adapter", "influxdb", "prometheus", *scraped.down_jobs}
+    jobs = {"adapter", "auth_server", "influxdb", "prometheus", *scraped.down_jobs}
     for job in jobs:
         wait_scraped_after(prometheus, job, scraped.stored_at)
     up = {r["metric"]["job"]: float(r["value"][1]) for r in prometheus.query("up")}
