@@ -98,22 +98,38 @@ def adapter_rate(  # noqa: PLR0917
     files: list[tuple[str, Path]],
     messages: int,
     database: str,
-    **env: str,
+    replicas: int = 1,
 ) -> dict[str, float]:
-    adapter = AdapterProcess(workdir / database, broker, influx, database, **env)
-    adapter.start()
+    """First publish → last point stored, with `replicas` adapter processes."""
+    env = {} if replicas == 1 else {"MQTT_TOPIC": "$share/bench/#"}
+    adapters = [
+        AdapterProcess(
+            workdir / f"{database}-{slot}",
+            broker,
+            influx,
+            database,
+            MQTT_CLIENT_ID=f"{database}-{slot}",
+            **env,
+        )
+        for slot in range(1, replicas + 1)
+    ]
+    for adapter in adapters:
+        adapter.start()
     started = time.monotonic()
     wait_all(run_publishers(broker.port, files))
     published = time.monotonic() - started
     wait_for(
-        lambda: adapter.metric("adapter_points_written_total") >= messages * FIELDS, 600, "all points stored"
+        lambda: sum(a.metric("adapter_points_written_total") for a in adapters) >= messages * FIELDS,
+        600,
+        "all points stored",
     )
     elapsed = time.monotonic() - started
     stored = influx.count_points(database)
-    assert adapter.proc is not None
-    rss_kb = _peak_rss_kb(adapter.proc.pid)
-    adapter.stop()
+    rss_kb = max(_peak_rss_kb(a.proc.pid) for a in adapters if a.proc is not None)
+    for adapter in adapters:
+        adapter.stop()
     return {
+        "replicas": replicas,
         "messages_per_s": messages / elapsed,
         "points_per_s": stored / elapsed,
         "seconds": elapsed,
@@ -235,7 +251,8 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--publishers", type=int, default=4)
     parser.add_argument("--naive-messages", type=int, default=10_000)
-    parser.add_argument("--latency-rate", type=float, nargs="*", default=[5000.0])
+    parser.add_argument("--adapters", type=int, nargs="+", default=[1, 2], help="adapter processes per run")
+    parser.add_argument("--latency-rate", type=float, nargs="*", default=[1000.0, 2500.0, 5000.0, 7500.0])
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument("--skip", nargs="*", default=[], choices=["broker", "adapter", "naive", "latency"])
     args = parser.parse_args()
@@ -257,14 +274,21 @@ def main() -> int:
                 results["broker_msgs_per_s"] = broker_rate(broker, files, args.messages)
                 print(f"broker (mosquitto_sub drain): {results['broker_msgs_per_s']:,.0f} msg/s", flush=True)
             if "adapter" not in args.skip:
-                r = adapter_rate(broker, influx, workdir, files, args.messages, "bench")
-                results["adapter"] = r
-                print(
-                    f"adapter: {r['messages_per_s']:,.0f} msg/s, {r['points_per_s']:,.0f} points/s, "
-                    f"{r['stored_points']}/{r['expected_points']} points stored, "
-                    f"peak RSS {r['peak_rss_mb']:.0f} MB",
-                    flush=True,
-                )
+                runs = []
+                for replicas in args.adapters:
+                    r = adapter_rate(
+                        broker, influx, workdir, files, args.messages, f"bench{replicas}", replicas
+                    )
+                    runs.append(r)
+                    print(
+                        f"adapter x{replicas}: {r['messages_per_s']:,.0f} msg/s, "
+                        f"{r['points_per_s']:,.0f} points/s, "
+                        f"{r['stored_points']}/{r['expected_points']} points stored, "
+                        f"peak RSS {r['peak_rss_mb']:.0f} MB",
+                        flush=True,
+                    )
+                results["adapter_runs"] = runs
+                results["adapter"] = runs[0]
             if "naive" not in args.skip:
                 (workdir / "naive").mkdir()
                 naive_files = write_payload_files(workdir / "naive", args.naive_messages, args.publishers)
