@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Removes everything ./run.sh created. Run ./clean.sh --help for the options.
-set -euo pipefail
+set -Eeuo pipefail
+# Never a silent exit: name the command that failed.
+trap 'printf "%s: failed (line %s): %s\n" "clean.sh" "$LINENO" "$BASH_COMMAND" >&2' ERR
 
 readonly STACK=iot
 readonly SECRET_LABEL=org.iot-platform.created-by=run.sh
@@ -128,7 +130,7 @@ clean_swarm() {
     wait_gone networks docker network ls -q --filter "label=$NAMESPACE_LABEL"
     local id
     for id in $(docker config ls -q --filter "label=$NAMESPACE_LABEL"); do
-      docker config rm "$id" >/dev/null
+      docker config rm "$id" >/dev/null || note "could not remove the config $id"
     done
     local secrets
     secrets=$(docker secret ls -q --filter "label=$SECRET_LABEL")

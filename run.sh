@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets up the IoT platform and starts it; ./clean.sh undoes everything it does.
 # Run ./run.sh --help for the options. Safe to run again: it updates what changed.
-set -euo pipefail
+set -Eeuo pipefail
+# Never a silent exit: name the command that failed.
+trap 'printf "%s: failed (line %s): %s\n" "run.sh" "$LINENO" "$BASH_COMMAND" >&2' ERR
 
 readonly STACK=iot
 # Marks the Swarm secrets this script created, so clean.sh removes those and no others.
@@ -210,11 +212,15 @@ ensure_secrets() {
     elif [[ -s $file ]]; then
       # Kept by clean.sh with the data volumes, whose databases were set up with it.
       value=$(<"$file")
+    elif [[ $secret == grafana_admin_password ]]; then
+      # The documented default login; change it in Grafana after the first login.
+      value=$GRAFANA_DEFAULT_PASSWORD
     elif [[ ${CI:-} == true ]]; then
+      # A generated password would end up in the job log and nowhere else.
       die "secret $name does not exist. In CI set the masked variable $env_var, or create it
   on the swarm: printf '%s' 'the-value' | docker secret create $name -"
     else
-      if [[ $secret == grafana_admin_password ]]; then value=$GRAFANA_DEFAULT_PASSWORD; else value=$(random_secret); fi
+      value=$(random_secret)
       created+=("$secret=$value")
     fi
     (umask 077 && printf '%s' "$value" >"$file")
@@ -253,6 +259,7 @@ services_not_ready() {
     if [[ $running != "$desired" || $state == updating || $state == rollback_started ]]; then
       # A task's last error says why it does not run (image missing, unhealthy, no node).
       error=$(docker service ps --no-trunc --format '{{.Error}}' "$name" 2>/dev/null | grep -m1 . || true)
+      [[ $state == completed ]] && state=""
       echo "$name ($running/$desired${state:+, $state}${error:+, $error})"
     fi
   done < <(docker service ls --filter "label=com.docker.stack.namespace=$STACK" --format '{{.Name}} {{.Replicas}}')
@@ -331,8 +338,8 @@ The IoT platform is running (stack '$STACK', broker mode: $(mode_name)).
   Grafana      http://$addr/         user assistant, password $grafana_password
   MQTT         $addr:1883            mosquitto_pub -h $addr -t UPB/RPi_1 -m '{"BAT": 99, "HUMID": 40}'
   HTTP API     http://$addr:8080/    through Kong; admin ${AUTH_ADMIN_USERNAME:-admin}, password in $secrets_dir/auth_admin_password
-  phpMyAdmin   http://$addr:8081/    user auth_server (password in $secrets_dir/mysql_password)
-                                     or root (password in $secrets_dir/mysql_root_password)
+  phpMyAdmin   http://$addr:8081/    user auth_server, password in $secrets_dir/mysql_password
+                                    (or root, password in $secrets_dir/mysql_root_password)
   InfluxDB, MySQL and Prometheus are reachable only inside the stack; the Grafana
   dashboard "Platform Health" shows what Prometheus collects.
   Data flow:   docker service logs -f ${STACK}_adapter
@@ -562,7 +569,7 @@ EOF
   local_spawn influxdb "$(command -v influxd || echo /usr/bin/influxd)" -config "$conf"
   local_wait influxdb 60 influx_ping
   # The same script that sets up the stack's InfluxDB (IoT_Devices, retention INF).
-  INFLUX_HOST=$CONNECT_HOST INFLUX_PORT=$IOT_INFLUXDB_PORT database/init_influx_db.sh \
+  INFLUX_HOST=$CONNECT_HOST INFLUX_PORT=$IOT_INFLUXDB_PORT bash database/init_influx_db.sh \
     >>"$LOCAL_DIR/logs/influxdb.log" 2>&1 || die "database/init_influx_db.sh failed (see $LOCAL_DIR/logs/influxdb.log)"
 }
 
@@ -599,7 +606,7 @@ sed_escape() {
 
 local_mode() {
   LOCAL_DIR=$STATE_DIR/local
-  VENV=${IOT_VENV:-.venv}
+  VENV=.venv
   if [[ -f auth_server/local.sh ]]; then
     # shellcheck source=/dev/null
     source auth_server/local.sh
