@@ -375,18 +375,20 @@ swarm_mode() {
 # --- Local mode ----------------------------------------------------------------------
 #
 # Each name in LOCAL_COMPONENTS is one process, started in this order (clean.sh stops
-# them in the reverse order) by the function local_<name>_start, which starts it with
-# local_spawn and returns once it answers (local_wait). local_<name>_info, if defined,
-# prints how to use it. Binaries the components need are keys of LOCAL_PACKAGES (value:
-# the Debian package providing it).
+# them in the reverse order). For a component NAME:
+#   local_NAME_settings  (optional) records its ports with local_port_setting
+#   local_NAME_start     starts it with local_spawn and returns once it answers (local_wait)
+#   local_NAME_info      (optional) prints how to use it
+# The binaries it needs are keys of LOCAL_PACKAGES (value: the Debian package providing
+# it); its Python requirements files go in LOCAL_REQUIREMENTS (installed into VENV).
 #
-# Hook for the auth server: auth_server/local.sh, when it exists, is sourced after the
-# core's definitions. It appends its components (e.g. `mariadb auth_server`) to
-# LOCAL_COMPONENTS and its binaries to LOCAL_PACKAGES, and defines their functions the
-# same way, using local_spawn, local_wait, local_port_setting, port_open, LOCAL_DIR (its
-# state: data, logs/, pids/), VENV (the Python environment; pip-install its requirements
-# with local_pip_install) and CONNECT_HOST/BIND_ADDRESS. It may set LOCAL_SECURE_SUPPORTED=true
-# once it can run the broker in secure mode (SECURE is true with --secure).
+# Hook for the auth server: auth_server/local.sh, when it exists, is sourced first. It
+# appends its components (e.g. `mariadb auth_server`, after the core) and packages the same
+# way and defines their functions, using local_spawn, local_wait, local_port_setting,
+# local_require_free_port, port_open, LOCAL_DIR (the state folder: logs/, pids/, its own
+# data folders), VENV, CONNECT_HOST and BIND_ADDRESS, and the core's IOT_MQTT_PORT and
+# IOT_INFLUXDB_PORT. It sets LOCAL_SECURE_SUPPORTED=true once it can run the broker in
+# secure mode (SECURE is true with --secure).
 
 LOCAL_COMPONENTS=(mosquitto influxdb adapter)
 declare -A LOCAL_PACKAGES=(

@@ -103,7 +103,8 @@ def test_run_publish_store_clean(local_env: dict[str, str]) -> None:
     # Running it again changes nothing: the same processes keep running.
     again = run("run.sh", local_env)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert again.stdout.count("already running") == len(COMPONENTS)
+    for name in COMPONENTS:
+        assert f"{name} is already running (pid {running[name]})" in again.stdout
     assert pids(state) == running
 
     cleaned = run("clean.sh", local_env, "-y")
