@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.servers import REPO_ROOT, require_binary
+from tests.servers import REPO_ROOT, ServerError, require_binary
 
 STACK_FILE = REPO_ROOT / "stack.yml"
 
@@ -23,9 +24,15 @@ def stack_config(env: Mapping[str, str], home: Path) -> dict[str, Any]:
     file against the Compose schema the way `docker stack deploy` does.
     """
     docker = require_binary("docker")
+    run_env = {"PATH": os.environ["PATH"], "HOME": str(home), **env}
+    commands = subprocess.run(
+        [docker, "stack", "--help"], env=run_env, capture_output=True, text=True, timeout=60, check=False
+    ).stdout
+    if not re.search(r"^\s+config\s", commands, re.M):
+        raise ServerError(f"{docker} has no `docker stack config`: install Docker's CLI 23.0 or newer")
     proc = subprocess.run(
         [docker, "stack", "config", "-c", str(STACK_FILE)],
-        env={"PATH": os.environ["PATH"], "HOME": str(home), **env},
+        env=run_env,
         capture_output=True,
         text=True,
         timeout=60,
