@@ -64,7 +64,8 @@ die() {
 
 # --- Shared helpers ------------------------------------------------------------------
 
-# The same over every file below some folders (build contexts), caches excluded.
+# A short, stable hash of every file below some folders (paths included, caches not):
+# the version of a build context.
 tree_hash() {
   find "$@" -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 | LC_ALL=C sort -z |
     xargs -0 sha256sum | sha256sum | cut -c1-12
