@@ -20,9 +20,10 @@ from typing import Any
 TOPIC_RE = re.compile(r"^[^/]+/[^/]+$")
 
 # InfluxDB 1.x line protocol cannot carry control characters in identifiers or tag values,
-# and has no escape for a backslash, so a name ending in one would swallow the separator
-# after it. Topics or keys like these could never be stored faithfully.
-_UNREPRESENTABLE = re.compile(r"[\x00-\x1f\x7f]|\\$")
+# and has no escape for a backslash: one at the end of a name, or before `"`, `,` or `=`,
+# is read as an escape and changes the name (checked against a real influxd). Topics or
+# keys like these could never be stored faithfully, so they are refused.
+_UNREPRESENTABLE = re.compile(r'[\x00-\x1f\x7f]|\\$|\\[",=]')
 
 # ISO 8601 extended format as devices send it: date, `T` or a space, time with optional
 # fractional seconds (up to nanoseconds, kept), optional `Z` or ±hh:mm / ±hhmm / ±hh offset.

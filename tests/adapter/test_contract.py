@@ -91,6 +91,11 @@ def test_timestamp_rejects(raw: object) -> None:
         ("", None),
         ("UP\nB/RPi", None),
         ("UPB\\/RPi", None),
+        ("UPB/a\\b", ("UPB", "a\\b")),  # a backslash before an ordinary letter is kept
+        ("UPB/a\\ b", ("UPB", "a\\ b")),
+        ('UPB/st\\"x', None),  # InfluxDB would read `\"`, `\,` and `\=` as escapes
+        ("UPB/st\\,x", None),
+        ("UP\\=B/st", None),
     ],
 )
 def test_split_topic(topic: str, parts: tuple[str, str] | None) -> None:

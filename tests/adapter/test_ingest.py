@@ -217,8 +217,8 @@ CASES = [
     Case(
         "unrepresentable-key-ignored",
         "T/c38",
-        _j({"bad\\": 1, "new\nline": 2, "": 3, "ok": 4, "timestamp": T0}),
-        stored={"c38.ok": [(4.0, T0 * S)]},
+        _j({"bad\\": 1, "new\nline": 2, "": 3, "ok": 4, 'q\\"r': 5, "e\\=f": 6, "a\\b": 7, "timestamp": T0}),
+        stored={"c38.ok": [(4.0, T0 * S)], "c38.a\\b": [(7.0, T0 * S)]},
     ),
     Case("only-timestamp", "T/c39", _j({"timestamp": T0})),
     Case("empty-object", "T/c40", b"{}"),
