@@ -91,7 +91,7 @@ def bootstrap(app: Flask) -> None:
 
 
 def _ensure_admin(store: AccountStore, config: AuthConfig) -> None:
-    if any(True for _ in store.accounts(Role.ADMIN)):
+    if store.accounts(Role.ADMIN):
         return
     if config.admin_username is None or config.admin_password is None:
         log.warning("there is no admin account; set ADMIN_USERNAME and ADMIN_PASSWORD to create one")

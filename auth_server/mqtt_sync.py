@@ -32,6 +32,8 @@ DEVICE_ROLE_PREFIX = "iot-device:"
 ADAPTER_ROLE = "iot-adapter"
 # Written into the clients we create, so a later reconcile knows which ones are ours to delete.
 MANAGED_MARK = "managed by the IoT auth server"
+# A command is at most a few hundred bytes (topics are short); 50 stay far below 256 KiB.
+COMMANDS_PER_MESSAGE = 50
 
 Command = dict[str, Any]
 
@@ -202,9 +204,15 @@ class DynsecConnection:
                 self._answered.set()
 
     def run(self, commands: Sequence[Command]) -> list[dict[str, Any]]:
-        """Send the commands in one message; their answers, in the same order."""
-        if not commands:
-            return []
+        """Send the commands, in order; their answers, in the same order."""
+        answers: list[dict[str, Any]] = []
+        # Several commands per message, but not so many that a reconcile of many accounts
+        # exceeds the broker's message_size_limit.
+        for start in range(0, len(commands), COMMANDS_PER_MESSAGE):
+            answers += self._run_batch(commands[start : start + COMMANDS_PER_MESSAGE])
+        return answers
+
+    def _run_batch(self, commands: Sequence[Command]) -> list[dict[str, Any]]:
         keys = [uuid.uuid4().hex for _ in commands]
         with self._lock:
             self._pending = dict.fromkeys(keys)
