@@ -138,8 +138,9 @@ class MosquittoServer(ManagedServer):
     def default_config(self, extra: str) -> str:
         return (
             f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence true\n"
+            "allow_anonymous true\n" + ("user root\n" if os.geteuid() == 0 else "") + "persistence true\n"
+            # Started as root, mosquitto would switch to its own user, which cannot write
+            # into pytest's private temporary directories.
             f"persistence_location {self.workdir}/\n"
             "autosave_interval 1\n"
             "max_queued_messages 1000000\n"

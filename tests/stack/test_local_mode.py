@@ -16,7 +16,9 @@ import requests
 
 from tests.servers import REPO_ROOT, free_port, port_open, require_binary, wait_for
 
-COMPONENTS = ("mosquitto", "influxdb", "adapter")
+# The core, plus the accounts database and auth server that auth_server/local.sh adds.
+COMPONENTS = ("mosquitto", "influxdb", "adapter", "mariadb", "auth_server")
+PORTS = ("IOT_MQTT_PORT", "IOT_INFLUXDB_PORT", "IOT_ADAPTER_METRICS_PORT", "IOT_MYSQL_PORT", "IOT_AUTH_PORT")
 
 
 def alive(pid: int) -> bool:
@@ -39,6 +41,8 @@ def local_env(tmp_path: Path) -> Iterator[dict[str, str]]:
         "IOT_INFLUXDB_PORT": str(free_port()),
         "IOT_INFLUXDB_RPC_PORT": str(free_port()),
         "IOT_ADAPTER_METRICS_PORT": str(free_port()),
+        "IOT_MYSQL_PORT": str(free_port()),
+        "IOT_AUTH_PORT": str(free_port()),
         "DOCKER_HOST": f"unix://{tmp_path}/no-docker-engine.sock",
         "DEBUG_DATA_FLOW": "true",
     }
@@ -111,7 +115,7 @@ def test_run_publish_store_clean(local_env: dict[str, str]) -> None:
     assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
     assert [pid for pid in running.values() if alive(pid)] == []
     assert not state.exists()
-    for port in ("IOT_MQTT_PORT", "IOT_INFLUXDB_PORT", "IOT_ADAPTER_METRICS_PORT"):
+    for port in PORTS:
         assert not port_open(int(local_env[port])), port
 
 
