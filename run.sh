@@ -358,6 +358,8 @@ swarm_mode() {
   # The auth server imports the adapter's message contract: its context holds both.
   build_image adapter adapter/Dockerfile ADAPTER_IMAGE adapter
   build_image auth-server auth_server/Dockerfile AUTH_SERVER_IMAGE auth_server adapter
+  # The simulator takes its paho-mqtt pin from the adapter's requirements.
+  build_image simulator simulator/Dockerfile SIMULATOR_IMAGE simulator adapter/requirements.txt
   ensure_secrets
   export_mode
   export_config_hashes

@@ -9,6 +9,7 @@ as their components need them.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -26,10 +27,38 @@ class ServerError(RuntimeError):
     """A test server could not be started; the message includes the tail of its log."""
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port below the kernel's ephemeral range.
+
+    Port 0 would give an ephemeral port, and a server started a moment later may find it
+    taken by some client's outgoing connection (the kernel hands those out from the same
+    range). Below the range only listeners compete, and each port is handed out once.
+    """
+    low = max(1024, _ephemeral_range()[0] - 12000)
+    high = _ephemeral_range()[0] - 1
+    for _ in range(1000):
+        port = random.randint(low, high)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise ServerError("no free port below the ephemeral range")
 
 
 def require_binary(name: str) -> str:

@@ -32,6 +32,9 @@ REQUIRED_PAIRS = {
     frozenset({"prometheus", "kong"}),
     frozenset({"prometheus", "influxdb"}),
     frozenset({"prometheus", "grafana"}),  # ... and Grafana-Prometheus
+    # Not in the contract's list: the optional simulator service must reach the broker,
+    # and only the broker, like a device.
+    frozenset({"simulator", "mqtt_broker"}),
 }
 
 SERVICES = {
@@ -44,6 +47,7 @@ SERVICES = {
     "phpmyadmin",
     "kong",
     "prometheus",
+    "simulator",
 }
 
 # (service, published port, container port): exactly these, nothing else published.
@@ -67,6 +71,7 @@ PINNED_IMAGES = {
     "phpmyadmin": r"phpmyadmin:5\.\d+\.\d+",
     "kong": r"kong:3\.\d+\.\d+",
     "prometheus": r"prom/prometheus:v\d+\.\d+\.\d+",
+    "simulator": rf"iot-platform/simulator:{re.escape(VERSION)}",
 }
 
 # Persistent data: (service, named volume, mount point in the container).
@@ -80,7 +85,11 @@ DATA_VOLUMES = {
 }
 
 # Where a project image defines its own health check instead of stack.yml.
-DOCKERFILES = {"adapter": "adapter/Dockerfile", "auth_server": "auth_server/Dockerfile"}
+DOCKERFILES = {
+    "adapter": "adapter/Dockerfile",
+    "auth_server": "auth_server/Dockerfile",
+    "simulator": "simulator/Dockerfile",
+}
 
 
 def network_members(stack: dict[str, Any]) -> dict[str, set[str]]:
@@ -203,7 +212,8 @@ def test_service_has_limits_restart_and_update_policies(stack: dict[str, Any], n
     assert float(limits["cpus"]) > 0
     assert 0 < int(reservations["memory"]) <= int(limits["memory"])
     assert float(reservations["cpus"]) <= float(limits["cpus"])
-    assert deploy["restart_policy"]["condition"] == "any"
+    # A simulator run with --duration or --count ends by itself: only failures restart it.
+    assert deploy["restart_policy"]["condition"] == ("on-failure" if name == "simulator" else "any")
     assert deploy["update_config"]["failure_action"] == "rollback"
     assert deploy["update_config"]["parallelism"] == 1
 
