@@ -113,21 +113,23 @@ def adapter_rate(  # noqa: PLR0917
         )
         for slot in range(1, replicas + 1)
     ]
-    for adapter in adapters:
-        adapter.start()
-    started = time.monotonic()
-    wait_all(run_publishers(broker.port, files))
-    published = time.monotonic() - started
-    wait_for(
-        lambda: sum(a.metric("adapter_points_written_total") for a in adapters) >= messages * FIELDS,
-        600,
-        "all points stored",
-    )
-    elapsed = time.monotonic() - started
-    stored = influx.count_points(database)
-    rss_kb = max(_peak_rss_kb(a.proc.pid) for a in adapters if a.proc is not None)
-    for adapter in adapters:
-        adapter.stop()
+    try:
+        for adapter in adapters:
+            adapter.start()
+        started = time.monotonic()
+        wait_all(run_publishers(broker.port, files))
+        published = time.monotonic() - started
+        wait_for(
+            lambda: sum(a.metric("adapter_points_written_total") for a in adapters) >= messages * FIELDS,
+            600,
+            "all points stored",
+        )
+        elapsed = time.monotonic() - started
+        stored = influx.count_points(database)
+        rss_kb = max(_peak_rss_kb(a.proc.pid) for a in adapters if a.proc is not None)
+    finally:
+        for adapter in adapters:
+            adapter.stop()
     return {
         "replicas": replicas,
         "messages_per_s": messages / elapsed,
@@ -219,18 +221,20 @@ def latency(
     adapter.command = lambda: [sys.executable, "-m", "benchmarks.latency_adapter"]  # type: ignore[method-assign]
     adapter.env["PYTHONPATH"] = str(ROOT)
     adapter.start()
-    done = subprocess.run(
-        [sys.executable, "-c", LATENCY_PUBLISHER, str(broker.port), str(rate), str(seconds)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    achieved = float(done.stdout.strip())
-    n = int(rate * seconds)
-    wait_for(
-        lambda: adapter.metric("adapter_points_written_total") >= n * FIELDS, 120, "latency points stored"
-    )
-    adapter.stop()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", LATENCY_PUBLISHER, str(broker.port), str(rate), str(seconds)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        achieved = float(done.stdout.strip())
+        n = int(rate * seconds)
+        wait_for(
+            lambda: adapter.metric("adapter_points_written_total") >= n * FIELDS, 120, "latency points stored"
+        )
+    finally:
+        adapter.stop()
     values = sorted(float(x) for x in Path(workdir / f"{database}.lat").read_text().split())
     pick = lambda q: values[min(len(values) - 1, int(q * len(values)))] * 1000  # noqa: E731
     return {

@@ -115,6 +115,8 @@ class ManagedServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / f"{self.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] | None = None  # None: this process's environment
+        self.cwd: Path = workdir
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -128,7 +130,8 @@ class ManagedServer:
                 self.command(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=self.workdir,
+                env=self.env,
+                cwd=self.cwd,
                 start_new_session=True,
             )
         wait_for(self.ready, timeout_s, self.name, self.proc, self.log_path)
@@ -278,18 +281,6 @@ class AdapterProcess(ManagedServer):
         import sys
 
         return [sys.executable, str(REPO_ROOT / "adapter" / "adapter.py")]
-
-    def start(self, timeout_s: float = 30.0) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.command(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                cwd=self.workdir,
-                start_new_session=True,
-            )
-        wait_for(self.ready, timeout_s, self.name, self.proc, self.log_path)
 
     def ready(self) -> bool:
         # Ready once subscribed: the connect log line comes right before the SUBSCRIBE.

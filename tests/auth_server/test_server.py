@@ -16,7 +16,7 @@ import requests
 
 from tests.auth_server.conftest import ADMIN, new_password
 from tests.conftest import _track
-from tests.servers import REPO_ROOT, ManagedServer, free_port, wait_for
+from tests.servers import REPO_ROOT, ManagedServer, free_port
 
 DOCKERFILE = REPO_ROOT / "auth_server" / "Dockerfile"
 
@@ -48,13 +48,6 @@ class AuthServerProcess(ManagedServer):
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "auth_server"]
-
-    def start(self, timeout_s: float = 30.0) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir
-            )
-        wait_for(self.ready, timeout_s, self.name, self.proc, self.log_path)
 
     def ready(self) -> bool:
         try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,6 @@ from tests.servers import (
     MariaDBServer,
     PrometheusServer,
     free_port,
-    wait_for,
 )
 
 
@@ -59,16 +57,8 @@ class AuthServerProcess(ManagedServer):
         return [sys.executable, "-m", "auth_server"]
 
     def start(self, timeout_s: float = 60.0) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.command(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                cwd=REPO_ROOT,
-                start_new_session=True,
-            )
-        wait_for(self.ready, timeout_s, self.name, self.proc, self.log_path)
+        self.cwd = REPO_ROOT  # `python -m auth_server` from the repository root, as its image runs it
+        super().start(timeout_s)
 
     def ready(self) -> bool:
         try:
