@@ -13,9 +13,14 @@ from tests.servers import REPO_ROOT, require_binary
 from tests.stack.conftest import stack_config
 
 SCRIPTS = ["run.sh", "clean.sh"]
+# Every shell script of the project is linted, not only the two entry points.
+SHELL_SCRIPTS = sorted(
+    {*SCRIPTS, "test.sh", ".ci/run"}
+    | {str(p.relative_to(REPO_ROOT)) for p in REPO_ROOT.glob("*/**/*.sh") if ".venv" not in p.parts}
+)
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", SHELL_SCRIPTS)
 def test_passes_shellcheck(script: str) -> None:
     result = subprocess.run(
         [require_binary("shellcheck"), "--severity=style", script],
