@@ -72,19 +72,25 @@ class BatchCollector:
     """Thread-safe hand-off from the MQTT thread to the writer thread.
 
     A batch is handed over when it holds `batch_size` points or when its oldest message
-    has waited `flush_interval_s`, whichever comes first.
+    has waited `flush_interval_s`, whichever comes first. `add` blocks while `max_pending`
+    messages are waiting: QoS 1 never gets there (the broker sends at most Receive Maximum
+    unacked messages), but QoS 0 has no such bound, and a flood of it while InfluxDB is
+    down must stall the MQTT thread (TCP backpressure) rather than grow memory.
     """
 
-    def __init__(self, batch_size: int, flush_interval_s: float) -> None:
+    def __init__(self, batch_size: int, flush_interval_s: float, max_pending: int) -> None:
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
+        self._max_pending = max_pending
         self._cond = threading.Condition()
         self._batch = Batch()
         self._closed = False
 
     def add(self, generation: int, mid: int, lines: list[str], device: tuple[str, str] | None) -> None:
-        now = time.monotonic()
         with self._cond:
+            while len(self._batch.acks) >= self._max_pending and not self._closed:
+                self._cond.wait()
+            now = time.monotonic()
             batch = self._batch
             if not batch.acks:
                 batch.first_received = now
@@ -120,6 +126,7 @@ class BatchCollector:
                     break
                 self._cond.wait(remaining)
             batch, self._batch = self._batch, Batch()
+            self._cond.notify_all()  # room again for an `add` waiting on a full collector
             return batch
 
 
@@ -256,7 +263,9 @@ class Adapter:
         # Read when scraped: the MQTT thread's hot path does no gauge bookkeeping.
         self.metrics.unacked.set_function(lambda: self.collector.pending() + self._in_flight)
         self.writer = InfluxWriter(config.influxdb_host, config.influxdb_port, config.influxdb_database)
-        self.collector = BatchCollector(config.batch_size, config.flush_interval_ms / 1000)
+        self.collector = BatchCollector(
+            config.batch_size, config.flush_interval_ms / 1000, max_pending=config.max_unacked
+        )
         self.source = MqttSource(config, self.metrics)
         self.source.on_message = self.handle_message
         self._writer_thread = threading.Thread(target=self._write_loop, name="influx-writer", daemon=True)

@@ -232,3 +232,32 @@ def test_permanent_write_error_drops_only_the_bad_points(
     adapter.start()
     time.sleep(0.5)
     assert adapter.metric("adapter_messages_received_total") == 0
+
+
+def test_qos0_flood_while_influxdb_is_down_stays_bounded(
+    broker: MosquittoServer,
+    own_influx: InfluxServer,
+    database: str,
+    make_adapter: Callable[..., AdapterProcess],
+) -> None:
+    # QoS 0 is outside MQTT's Receive Maximum: the adapter must bound it by itself.
+    bound = 200
+    adapter = make_adapter(broker, own_influx, database, MAX_UNACKED=str(bound))
+    own_influx.stop()
+    pub = Publisher(broker.port)
+    pub.publish_all((message(i) for i in range(3000)), qos=0)
+    peak = 0.0
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        peak = max(peak, adapter.metric("adapter_unacked_messages"))
+        time.sleep(0.1)
+    # At most one batch being written and one full collector waiting behind it.
+    assert bound <= peak <= 2 * bound
+    own_influx.start()
+    pub.publish("Loss/after", json.dumps({"v": 1, "timestamp": T0_MS}), qos=1)
+    pub.wait()
+    pub.close()
+    wait_for(
+        lambda: bool(own_influx.series('SELECT "value" FROM "after.v"', database)), 60, "the QoS 1 message"
+    )
+    assert adapter.proc is not None and adapter.proc.poll() is None
