@@ -1,0 +1,879 @@
+"""The checks of the end-to-end test, run by run_e2e.sh against the stack it deployed.
+
+    python tests/e2e/checks.py --copy DIR --work DIR --probe-image IMAGE PHASE
+
+PHASE is one of
+  deployed        the first deployment: data flow, init script, auth server, Prometheus,
+                  phpMyAdmin, the stack's simulator, published ports, who reaches whom;
+  before-removal  records every stored point, then queues messages for the stopped adapter;
+  redeployed      after `docker stack rm` and ./run.sh: all of it is still there;
+  cleaned         after ./clean.sh -y: nothing of the stack is left (--images: what run.sh built).
+Every check prints PASS or FAIL with what it saw; the exit status is 1 if any failed.
+Only containers of the stack, probe containers started here and 127.0.0.1 are contacted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import csv
+import hashlib
+import http.cookiejar
+import io
+import json
+import re
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+STACK = "iot"
+NAMESPACE_LABEL = f"com.docker.stack.namespace={STACK}"
+PROBE_LABEL = "org.iot-platform.e2e.probe"
+HERE = Path(__file__).resolve().parent
+SIMULATOR = f"{STACK}_simulator"
+DATABASE = "IoT_Devices"
+LOCATION = "E2E"
+
+# The port each service listens on inside the stack (the agreed interfaces).
+PORTS = {
+    "mqtt_broker": 1883,
+    "influxdb": 8086,
+    "adapter": 8000,
+    "auth_server": 5000,
+    "mysql": 3306,
+    "phpmyadmin": 80,
+    "prometheus": 9090,
+}
+# CONTRACT section 6: the pairs that must talk, each sharing a network made for it. Written
+# out here, not read from stack.yml, so that the stack file is checked against the contract.
+# (Pairs with Grafana or Kong are left out with those services.)
+ALLOWED_PAIRS = {
+    frozenset(pair)
+    for pair in [
+        ("mqtt_broker", "adapter"),
+        ("adapter", "influxdb"),
+        ("auth_server", "mysql"),
+        ("mysql", "phpmyadmin"),
+        ("auth_server", "influxdb"),
+        ("auth_server", "mqtt_broker"),
+        ("prometheus", "adapter"),
+        ("prometheus", "auth_server"),
+        ("prometheus", "influxdb"),
+        # The stack's optional device simulator (0 replicas unless scaled up) talks to
+        # the broker only, like any device.
+        ("simulator", "mqtt_broker"),
+    ]
+}
+# CONTRACT section 6: published ports, by the service publishing them (80 and 8080 belong
+# to Grafana and Kong, which this deployment leaves out).
+PUBLISHED = {"mqtt_broker": 1883, "phpmyadmin": 8081}
+
+
+T = TypeVar("T")
+
+
+class CheckFailedError(Exception):
+    """A check saw something other than what the platform promises."""
+
+
+@dataclass
+class Context:
+    copy: Path
+    work: Path
+    probe_image: str
+
+    @property
+    def simulator_image(self) -> str:
+        """The simulator image run.sh built for the stack's simulator service."""
+        spec = docker(
+            "service", "inspect", "--format", "{{.Spec.TaskTemplate.ContainerSpec.Image}}", SIMULATOR
+        )
+        return spec.strip().split("@", 1)[0]
+
+    @property
+    def secrets(self) -> Path:
+        return self.copy / ".state" / "swarm" / "secrets"
+
+    def secret(self, name: str) -> str:
+        return (self.secrets / name).read_text(encoding="utf-8").strip()
+
+    @property
+    def state_file(self) -> Path:
+        return self.work / "e2e-state.json"
+
+    def load_state(self) -> dict[str, Any]:
+        return json.loads(self.state_file.read_text(encoding="utf-8")) if self.state_file.exists() else {}
+
+    def need(self, key: str) -> Any:
+        """What an earlier check recorded; a clear failure if that check did not pass."""
+        state = self.load_state()
+        if key not in state:
+            raise CheckFailedError(f"needs {key!r} from an earlier check, which did not pass")
+        return state[key]
+
+    def save_state(self, **values: Any) -> None:
+        state = self.load_state()
+        state.update(values)
+        self.state_file.write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
+
+
+# --- Docker and polling helpers ------------------------------------------------------
+
+
+def docker(*args: str, stdin: str | None = None, timeout: float = 120, check: bool = True) -> str:
+    proc = subprocess.run(
+        ["docker", *args], input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and proc.returncode != 0:
+        raise CheckFailedError(
+            f"docker {' '.join(args[:3])}... failed: {proc.stderr.strip() or proc.stdout.strip()}"
+        )
+    return proc.stdout
+
+
+def lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def poll(what: str, attempt: Callable[[], T], done: Callable[[T], bool], timeout: float) -> T:
+    """attempt() until done(result) or the timeout; then the last result (the caller judges)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = attempt()
+        except CheckFailedError:
+            if time.monotonic() >= deadline:
+                raise
+        else:
+            if done(result) or time.monotonic() >= deadline:
+                return result
+        time.sleep(1)
+
+
+def container_of(service: str) -> str:
+    """The running container of a single-replica service of the stack, on this node."""
+    found = lines(
+        docker(
+            "ps",
+            "-q",
+            "--filter",
+            f"label=com.docker.swarm.service.name={STACK}_{service}",
+            "--filter",
+            "status=running",
+        )
+    )
+    if len(found) != 1:
+        raise CheckFailedError(f"{STACK}_{service}: expected one running container, found {len(found)}")
+    return found[0]
+
+
+def deployed_services() -> dict[str, tuple[int, int]]:
+    """{service: (running tasks, desired tasks)} of the stack."""
+    found = {}
+    for line in lines(
+        docker("service", "ls", "--filter", f"label={NAMESPACE_LABEL}", "--format", "{{.Name}} {{.Replicas}}")
+    ):
+        name, replicas = line.split()[:2]
+        running, desired = replicas.split("/")
+        found[name.removeprefix(f"{STACK}_")] = (int(running), int(desired))
+    return dict(sorted(found.items()))
+
+
+def running_services() -> list[str]:
+    return [name for name, (running, _) in deployed_services().items() if running]
+
+
+def influx_query(query: str) -> list[dict[str, Any]]:
+    """InfluxQL run by the `influx` client inside the InfluxDB container (never published)."""
+    out = docker(
+        "exec",
+        container_of("influxdb"),
+        "influx",
+        "-database",
+        DATABASE,
+        "-format",
+        "json",
+        "-execute",
+        query,
+    )
+    # The 1.x client answers in chunks: one result per measurement, each with its series.
+    series: list[dict[str, Any]] = []
+    for result in json.loads(out or "{}").get("results", []):
+        if "error" in result:
+            raise CheckFailedError(f"InfluxDB refused {query!r}: {result['error']}")
+        series += result.get("series", [])
+    return series
+
+
+def counts_by_series(prefix: str) -> dict[str, dict[str, int]]:
+    """{"E2E/<station>": {metric: number of points}} for the stations named prefix*."""
+    where = f"\"location\" = '{LOCATION}'"
+    series = influx_query(
+        f'SELECT count("value") FROM /^{re.escape(prefix)}/ WHERE {where} GROUP BY "station"'
+    )
+    counts: dict[str, dict[str, int]] = {}
+    for entry in series:
+        station = entry["tags"]["station"]
+        metric = entry["name"].removeprefix(f"{station}.")
+        counts.setdefault(f"{LOCATION}/{station}", {})[metric] = int(entry["values"][0][1])
+    return counts
+
+
+def dump_points(pattern: str) -> tuple[int, str]:
+    """Every stored point of the measurements matching the regex: (how many, SHA-256 of all)."""
+    out = docker(
+        "exec",
+        container_of("influxdb"),
+        "influx",
+        "-database",
+        DATABASE,
+        "-format",
+        "csv",
+        "-precision",
+        "ns",
+        "-execute",
+        f"SELECT * FROM /{pattern}/",
+    )
+    rows = sorted(row for row in csv.reader(io.StringIO(out)) if row and row[0] != "name")
+    digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+    return len(rows), digest
+
+
+def run_simulator(ctx: Context, name: str, *args: str) -> dict[str, Any]:
+    """The simulator image on the host's network: it publishes to port 1883 of this node,
+    the broker's published port. Returns its JSON summary."""
+    out_dir = ctx.work / "simulator" / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.chmod(0o777)  # the image runs as its own non-root user
+    proc = subprocess.run(
+        [
+            "docker", "run", "--rm", "--network", "host", "--label", f"{PROBE_LABEL}=simulator",
+            "-v", f"{out_dir}:/out", ctx.simulator_image,
+            "--host", "127.0.0.1", "--port", "1883", "--locations", LOCATION, "--quiet",
+            "--summary-json", "/out/summary.json", *args,
+        ],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise CheckFailedError(f"the simulator exited with {proc.returncode}: {proc.stderr.strip()[-800:]}")
+    summary: dict[str, Any] = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
+    if not summary["complete"] or summary["messages_acked"] != summary["messages_sent"]:
+        raise CheckFailedError(f"the broker did not acknowledge every message: {summary}")
+    return summary
+
+
+def http_probe(ctx: Context, network: str, base_url: str, steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Plays HTTP steps from a probe container attached to one of the stack's networks."""
+    out = docker(
+        "run", "--rm", "-i", "--network", f"{STACK}_{network}", "--label", f"{PROBE_LABEL}=http",
+        "-v", f"{HERE / 'http_probe.py'}:/http_probe.py:ro", ctx.probe_image,
+        "python3", "/http_probe.py", base_url,
+        stdin=json.dumps(steps), timeout=180,
+    )  # fmt: skip
+    return {step["name"]: step for step in json.loads(out)}
+
+
+def expect_status(results: dict[str, Any], name: str, status: int) -> Any:
+    seen = results[name]
+    if seen["status"] != status:
+        raise CheckFailedError(f"{name}: HTTP {seen['status']} instead of {status}: {seen['body']}")
+    return seen["body"]
+
+
+def metrics_of(service: str, port: int) -> str:
+    """A service's Prometheus text, fetched from inside its own container."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    fetch = f"import urllib.request as u; print(u.urlopen({url!r}, timeout=10).read().decode())"
+    return docker("exec", container_of(service), "python3", "-c", fetch)
+
+
+def metric_values(text: str, name: str) -> dict[str, float]:
+    """{label text: value} of one metric in Prometheus text format."""
+    values = {}
+    for match in re.finditer(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", text, re.M):
+        values[match.group(1) or ""] = float(match.group(2))
+    return values
+
+
+def prometheus_query(query: str) -> list[dict[str, Any]]:
+    url = "http://127.0.0.1:9090/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    out = docker("exec", container_of("prometheus"), "wget", "-q", "-O", "-", url)
+    answer = json.loads(out)
+    if answer.get("status") != "success":
+        raise CheckFailedError(f"Prometheus refused {query!r}: {answer}")
+    return answer["data"]["result"]
+
+
+def tcp_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=5):
+            return True
+    except OSError:
+        return False
+
+
+def pretty(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+# --- Checks of the first deployment --------------------------------------------------
+
+
+def check_services_running(ctx: Context) -> str:
+    import yaml  # only the runner's Python needs it, not the probes
+
+    wanted = sorted(yaml.safe_load((ctx.copy / "stack.yml").read_text(encoding="utf-8"))["services"])
+    services = deployed_services()
+    if sorted(services) != wanted:
+        raise CheckFailedError(f"services {sorted(services)}, expected {wanted}")
+    short = {name: tasks for name, tasks in services.items() if tasks[0] != tasks[1]}
+    if short:
+        raise CheckFailedError(f"running/desired tasks: {short}")
+    for service in running_services():
+        container_of(service)
+    idle = [name for name, (_, desired) in services.items() if not desired]
+    return (
+        f"{', '.join(running_services())} each run their task; {', '.join(idle) or 'none'} at 0 replicas "
+        "as stack.yml says; grafana and kong left out"
+    )
+
+
+def check_published_ports(ctx: Context) -> str:
+    published: dict[str, list[int]] = {}
+    for service in deployed_services():
+        ports = json.loads(
+            docker(
+                "service", "inspect", "--format", "{{json .Spec.EndpointSpec.Ports}}", f"{STACK}_{service}"
+            )
+        )
+        if ports:
+            published[service] = sorted(p["PublishedPort"] for p in ports)
+    wanted = {service: [port] for service, port in PUBLISHED.items()}
+    if published != wanted:
+        raise CheckFailedError(f"published ports {published}, expected exactly {wanted}")
+    closed = [port for port in PUBLISHED.values() if not tcp_open("127.0.0.1", port)]
+    if closed:
+        raise CheckFailedError(f"nothing answers on 127.0.0.1 port(s) {closed}")
+    return f"exactly {pretty(wanted)}, and both answer on 127.0.0.1"
+
+
+def check_influx_init_script(ctx: Context) -> str:
+    logs = docker("service", "logs", "--raw", f"{STACK}_influxdb", timeout=60)
+    if f"init_influx_db: created database {DATABASE}" not in logs:
+        raise CheckFailedError(
+            f"database/init_influx_db.sh did not create {DATABASE}; influxdb log:\n{logs[-1500:]}"
+        )
+    policies = influx_query(f'SHOW RETENTION POLICIES ON "{DATABASE}"')
+    rows = [dict(zip(policies[0]["columns"], row, strict=True)) for row in policies[0]["values"]]
+    default = [row for row in rows if row["default"]]
+    if len(default) != 1 or default[0]["duration"] != "0s":
+        raise CheckFailedError(f"the default retention policy is not INF: {rows}")
+    return f"the init script created {DATABASE}; default policy {default[0]['name']} keeps data forever (0s)"
+
+
+def check_simulator_to_influxdb(ctx: Context) -> str:
+    summary = run_simulator(
+        ctx, "first", "--devices", "4", "--station-prefix", "sim-", "--count", "400", "--rate", "0",
+        "--backlog", "--malformed-share", "0.05", "--seed", "8",
+    )  # fmt: skip
+    expected = summary["series"]
+    stored = poll("points in InfluxDB", lambda: counts_by_series("sim-"), lambda c: c == expected, 90)
+    if stored != expected:
+        raise CheckFailedError(f"InfluxDB holds {pretty(stored)}, the simulator sent {pretty(expected)}")
+    ctx.save_state(simulated=summary)
+    return (
+        f"{summary['messages_sent']} messages on 127.0.0.1:1883 ({summary['malformed_total']} malformed, "
+        f"{summary['backlog_messages']} backlog arrays) -> all {summary['values']} values stored, "
+        f"per series and metric"
+    )
+
+
+def check_adapter_metrics(ctx: Context) -> str:
+    summary = ctx.need("simulated")
+    text = metrics_of("adapter", PORTS["adapter"])
+    rejected = {
+        re.search(r'reason="([^"]+)"', labels).group(1): int(value)  # type: ignore[union-attr]
+        for labels, value in metric_values(text, "adapter_messages_rejected_total").items()
+        if value
+    }
+    if rejected != summary["malformed"]:
+        raise CheckFailedError(
+            f"adapter_messages_rejected_total {rejected}, the simulator sent {summary['malformed']}"
+        )
+    written = sum(metric_values(text, "adapter_points_written_total").values())
+    if written < summary["values"]:
+        raise CheckFailedError(f"adapter_points_written_total {written} < {summary['values']} values sent")
+    return f"rejected by reason {pretty(rejected)} as sent; {written:.0f} points written"
+
+
+def auth_steps(ctx: Context, device_password: str) -> list[dict[str, Any]]:
+    admin = {"username": "admin", "password": ctx.secret("auth_admin_password")}
+    return [
+        {"name": "health", "method": "GET", "path": "/healthz"},
+        {"name": "admin", "method": "POST", "path": "/api/auth/login", "json": admin},
+        {"name": "wrong-password", "method": "POST", "path": "/api/auth/login",
+         "json": {**admin, "password": "not-" + admin["password"]}},
+        {"name": "create-device", "method": "POST", "path": "/api/accounts", "auth": "admin", "json": {
+            "username": "e2e-device", "password": device_password, "role": "device",
+            "permissions": [
+                {"location": LOCATION, "station": "http-1", "read": True, "write": True},
+                {"location": LOCATION, "station": "sim-1", "read": True, "write": False},
+            ]}},
+        {"name": "device", "method": "POST", "path": "/api/auth/login",
+         "json": {"username": "e2e-device", "password": device_password}},
+        {"name": "write", "method": "POST", "path": f"/api/data/{LOCATION}/http-1", "auth": "device",
+         "json": {"BAT": 77.5, "TEMP": 21, "timestamp": "2026-01-02T03:04:05.678901Z"}},
+        {"name": "read-own", "method": "GET", "path": f"/api/data/{LOCATION}/http-1", "auth": "device"},
+        {"name": "read-sim", "method": "GET", "path": f"/api/data/{LOCATION}/sim-1?metric=BAT&limit=10000",
+         "auth": "device"},
+        {"name": "write-forbidden", "method": "POST", "path": f"/api/data/{LOCATION}/sim-1", "auth": "device",
+         "json": {"BAT": 1}},
+    ]  # fmt: skip
+
+
+def check_auth_server(ctx: Context) -> str:
+    device_password = secrets.token_hex(16)
+    results = http_probe(
+        ctx, "kong_auth", f"http://auth_server:{PORTS['auth_server']}", auth_steps(ctx, device_password)
+    )
+    health = expect_status(results, "health", 200)
+    if health.get("checks") != {"mysql": "ok", "influxdb": "ok"}:
+        raise CheckFailedError(f"/healthz: {health}")
+    expect_status(results, "admin", 200)
+    expect_status(results, "wrong-password", 401)
+    expect_status(results, "create-device", 201)
+    expect_status(results, "device", 200)
+    if results["write"]["status"] not in (200, 201, 204):
+        raise CheckFailedError(f"write: HTTP {results['write']['status']}: {results['write']['body']}")
+    own = {
+        s["metric"]: [v[1] for v in s["values"]] for s in expect_status(results, "read-own", 200)["series"]
+    }
+    if own != {"BAT": [77.5], "TEMP": [21.0]}:
+        raise CheckFailedError(f"read back {own} instead of BAT 77.5 and TEMP 21")
+    sim_bat = expect_status(results, "read-sim", 200)["series"]
+    sent = ctx.need("simulated")["series"].get(f"{LOCATION}/sim-1", {}).get("BAT", 0)
+    got = len(sim_bat[0]["values"]) if sim_bat else 0
+    if got != sent:
+        raise CheckFailedError(f"the API reads {got} BAT values of sim-1, the simulator sent {sent}")
+    expect_status(results, "write-forbidden", 403)
+    stored = counts_by_series("http-")
+    if stored != {f"{LOCATION}/http-1": {"BAT": 1, "TEMP": 1}}:
+        raise CheckFailedError(f"the HTTP write is not in InfluxDB as one BAT and one TEMP point: {stored}")
+    ctx.save_state(device_password=device_password)
+    return (
+        "over the kong_auth network: /healthz (MySQL and InfluxDB ok), admin login, 401 for a wrong "
+        f"password, account created, device wrote over HTTP and read back, read {got} simulator values, "
+        "403 outside its rights"
+    )
+
+
+def check_prometheus(ctx: Context) -> str:
+    def targets() -> dict[str, float]:
+        return {r["metric"]["job"]: float(r["value"][1]) for r in prometheus_query("up")}
+
+    wanted = {"adapter", "auth_server", "influxdb", "prometheus"}
+    up = poll("scrape targets", targets, lambda t: all(t.get(job) == 1 for job in wanted), 120)
+    if not all(up.get(job) == 1 for job in wanted):
+        raise CheckFailedError(f"up by job: {up}; expected 1 for {sorted(wanted)}")
+    values = ctx.need("simulated")["values"]
+
+    def written() -> float:
+        return sum(float(r["value"][1]) for r in prometheus_query("adapter_points_written_total"))
+
+    total = poll("adapter_points_written_total", written, lambda w: w >= values, 60)
+    if total < values:
+        raise CheckFailedError(f"Prometheus has adapter_points_written_total {total} < {values}")
+    others = {job: value for job, value in sorted(up.items()) if job not in wanted}
+    return (
+        f"{', '.join(sorted(wanted))} are up; adapter_points_written_total {total:.0f}; "
+        f"other jobs {others} (Grafana and Kong are left out)"
+    )
+
+
+def check_phpmyadmin(ctx: Context) -> str:
+    base = f"http://127.0.0.1:{PUBLISHED['phpmyadmin']}"
+
+    def login(password: str) -> str:
+        jar = http.cookiejar.CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        page = opener.open(base + "/", timeout=30).read().decode()
+        token = re.search(r'name="token" value="([^"]+)"', page)
+        if token is None:
+            raise CheckFailedError(f"no login form on {base}/")
+        form = {
+            "pma_username": "auth_server",
+            "pma_password": password,
+            "server": "1",
+            "token": token.group(1),
+        }
+        data = urllib.parse.urlencode(form).encode()
+        return opener.open(base + "/index.php?route=/", data=data, timeout=60).read().decode()
+
+    page = login(ctx.secret("mysql_password"))
+    if "iot_accounts" not in page or "Server version" not in page:
+        raise CheckFailedError("logged in as auth_server, the page shows neither iot_accounts nor the server")
+    version = re.search(r"Server version:\s*([^<]+)", page)
+    refused = login("wrong-" + secrets.token_hex(4))
+    if "Access denied" not in refused:
+        raise CheckFailedError("a wrong MySQL password was not refused")
+    return (
+        f"logged in through 127.0.0.1:{PUBLISHED['phpmyadmin']} as auth_server, sees iot_accounts on "
+        f"{version.group(1).strip() if version else 'MySQL'}; a wrong password is refused"
+    )
+
+
+def stack_simulator_counts() -> dict[str, int]:
+    """{"<location>/<station>": points} of the stack simulator's devices (RPi_* by default)."""
+    series = influx_query('SELECT count("value") FROM /^RPi_/ GROUP BY "location", "station"')
+    counts: dict[str, int] = {}
+    for entry in series:
+        key = f"{entry['tags']['location']}/{entry['tags']['station']}"
+        counts[key] = counts.get(key, 0) + int(entry["values"][0][1])
+    return counts
+
+
+def check_stack_simulator(ctx: Context) -> str:
+    before = stack_simulator_counts()
+    docker("service", "scale", "--detach=true", f"{SIMULATOR}=1")
+    tasks = poll("simulator task", lambda: deployed_services()["simulator"], lambda t: t == (1, 1), 120)
+    if tasks != (1, 1):
+        raise CheckFailedError(f"the stack's simulator runs {tasks[0]} of {tasks[1]} tasks after 120s")
+    ctx.save_state(stack_simulator_before=sum(before.values()), stack_simulator=container_of("simulator"))
+
+    # Its 10 devices publish once a second each: new points of each are the proof it runs.
+    def grown(counts: dict[str, int]) -> bool:
+        return len(counts) >= 10 and all(n > before.get(key, 0) for key, n in counts.items())
+
+    counts = poll("stack simulator points", stack_simulator_counts, grown, 60)
+    if not grown(counts):
+        raise CheckFailedError(
+            f"the stack's simulator (10 devices) reached InfluxDB for {sorted(counts)} only"
+        )
+    return "scaled to 1: over the broker_simulator network, all 10 devices' readings reach InfluxDB"
+
+
+def check_stack_simulator_summary(ctx: Context) -> str:
+    container = ctx.need("stack_simulator")
+    if container_of("simulator") != container:
+        raise CheckFailedError("the stack's simulator was restarted while it ran")
+    # Scaled to 0, Swarm removes the task with its log: follow the log while it stops.
+    follow = subprocess.Popen(
+        ["docker", "logs", "--follow", container], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        # Not --detach=false: that also waits out the service's 60 s update monitor.
+        docker("service", "scale", "--detach=true", f"{SIMULATOR}=0")
+        logs, _ = follow.communicate(timeout=90)
+    finally:
+        follow.kill()
+    sent = re.search(r"(\d+) sent \(.*\), (\d+) acked, 0 refused, 0 dropped, 0 pending", logs)
+    values = re.search(r"readings: (\d+) numeric values", logs)
+    if sent is None or values is None or sent.group(1) != sent.group(2):
+        raise CheckFailedError(
+            f"no clean summary in the simulator's log (SIGTERM must drain it):\n{logs[-1500:]}"
+        )
+    expected = int(values.group(1))
+    before = ctx.need("stack_simulator_before")
+
+    def stored() -> int:
+        return sum(stack_simulator_counts().values()) - before
+
+    total = poll("all its values", stored, lambda n: n == expected, 60)
+    if total != expected:
+        raise CheckFailedError(
+            f"InfluxDB holds {total} new values of the stack's simulator, its summary says {expected}"
+        )
+    return f"scaled to 0, it drained: {sent.group(1)} messages, all acked; all {expected} values stored"
+
+
+def container_addresses(container: str) -> dict[str, str]:
+    """{network name: IPv4 address} of a container, its docker_gwbridge address included."""
+    info = json.loads(docker("inspect", container))[0]
+    addresses = {name: net["IPAddress"] for name, net in info["NetworkSettings"]["Networks"].items()}
+    bridge = json.loads(docker("network", "inspect", "docker_gwbridge"))[0]
+    for endpoint_id, endpoint in bridge.get("Containers", {}).items():
+        if endpoint_id == info["Id"] and endpoint.get("IPv4Address"):
+            addresses["docker_gwbridge"] = endpoint["IPv4Address"].split("/")[0]
+    return addresses
+
+
+# Runs in the container: one parallel TCP connect per "host port" line of stdin, 3 s each.
+PROBE_SCRIPT = r"""
+while read -r host port; do
+  ( if timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$host" "$port" 2>/dev/null; then
+      echo "$host $port open"; else echo "$host $port closed"; fi ) &
+done
+wait
+"""
+
+
+def probe_from(container: str, targets: Iterable[tuple[str, int]]) -> dict[tuple[str, int], bool]:
+    stdin = "".join(f"{host} {port}\n" for host, port in targets)
+    out = docker("exec", "-i", container, "bash", "-c", PROBE_SCRIPT, stdin=stdin, timeout=60)
+    found = {}
+    for line in lines(out):
+        host, port, state = line.split()
+        found[(host, int(port))] = state == "open"
+    return found
+
+
+def check_network_isolation(ctx: Context) -> str:
+    services = running_services()
+    containers = {service: container_of(service) for service in services}
+    addresses = {service: container_addresses(containers[service]) for service in services}
+    plans: dict[str, dict[tuple[str, int], tuple[bool, str]]] = {}
+    for source in services:
+        plan: dict[tuple[str, int], tuple[bool, str]] = {}
+        own_networks = set(addresses[source])
+        for target in services:
+            if target == source or target not in PORTS:  # the simulator listens on nothing
+                continue
+            port = PORTS[target]
+            allowed = frozenset((source, target)) in ALLOWED_PAIRS
+            plan[(target, port)] = (allowed, f"{target}:{port} by name")
+            for network, ip in addresses[target].items():
+                # Reachable only over a network both are attached to, and only if allowed.
+                shared = network in own_networks and network != "docker_gwbridge"
+                plan[(ip, port)] = (allowed and shared, f"{target}:{port} at {ip} ({network})")
+        plans[source] = plan
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(services)) as pool:
+        seen = dict(
+            zip(services, pool.map(lambda s: probe_from(containers[s], plans[s]), services), strict=True)
+        )
+    wrong = []
+    for source in services:
+        for target, (expected, what) in plans[source].items():
+            if seen[source].get(target) != expected:
+                state = {True: "reachable", False: "unreachable", None: "not probed"}[
+                    seen[source].get(target)
+                ]
+                wrong.append(
+                    f"{source} -> {what}: {state}, expected {'reachable' if expected else 'unreachable'}"
+                )
+    if wrong:
+        raise CheckFailedError("\n  " + "\n  ".join(wrong))
+    probes = sum(len(plan) for plan in plans.values())
+    reachable = sorted(
+        f"{s}->{t}" for s in services for (t, _), (ok, what) in plans[s].items() if ok and "by name" in what
+    )
+    return (
+        f"{probes} TCP connects from {len(services)} containers as the contract says; "
+        f"reachable: {', '.join(reachable)}"
+    )
+
+
+# --- Before the removal, after the redeploy, after clean.sh --------------------------
+
+KEPT_PATTERN = "^(sim|http)-"
+
+
+def check_record_points(ctx: Context) -> str:
+    count, digest = dump_points(KEPT_PATTERN)
+    if count == 0:
+        raise CheckFailedError("no points stored to compare after the redeploy")
+    ctx.save_state(kept_points=count, kept_digest=digest)
+    return f"{count} points recorded (SHA-256 {digest[:16]}...)"
+
+
+def check_queue_for_stopped_adapter(ctx: Context) -> str:
+    docker("service", "scale", "--detach=true", f"{STACK}_adapter=0")
+    gone = poll(
+        "adapter stopped",
+        lambda: lines(docker("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={STACK}_adapter")),
+        lambda ids: not ids,
+        120,
+    )
+    if gone:
+        raise CheckFailedError("the adapter's container did not go away")
+    summary = run_simulator(
+        ctx,
+        "queued",
+        "--devices",
+        "2",
+        "--station-prefix",
+        "queued-",
+        "--count",
+        "60",
+        "--rate",
+        "0",
+        "--seed",
+        "9",
+    )
+    if counts_by_series("queued-"):
+        raise CheckFailedError("points reached InfluxDB while the adapter was stopped")
+    ctx.save_state(queued=summary)
+    return (
+        f"adapter scaled to 0; {summary['messages_sent']} messages ({summary['values']} values) acknowledged "
+        "by the broker and held for the adapter's persistent session"
+    )
+
+
+def check_services_running_again(ctx: Context) -> str:
+    return check_services_running(ctx)
+
+
+def check_points_kept(ctx: Context) -> str:
+    kept_points, kept_digest = ctx.need("kept_points"), ctx.need("kept_digest")
+    count, digest = dump_points(KEPT_PATTERN)
+    if (count, digest) != (kept_points, kept_digest):
+        raise CheckFailedError(
+            f"{count} points (SHA-256 {digest[:16]}) instead of {kept_points} ({kept_digest[:16]})"
+        )
+    logs = docker("service", "logs", "--raw", f"{STACK}_influxdb", timeout=60)
+    if "init-influxdb: initialising" in logs:
+        raise CheckFailedError("InfluxDB initialised its data volume again: the volume was not kept")
+    return (
+        f"all {count} points identical (SHA-256 {digest[:16]}...); the volume was reused, not re-initialised"
+    )
+
+
+def check_queue_delivered(ctx: Context) -> str:
+    expected = ctx.need("queued")["series"]
+    stored = poll("queued points", lambda: counts_by_series("queued-"), lambda c: c == expected, 120)
+    if stored != expected:
+        raise CheckFailedError(
+            f"InfluxDB holds {pretty(stored)} of the queued messages, expected {pretty(expected)}"
+        )
+    values = sum(sum(metrics.values()) for metrics in expected.values())
+    return f"the broker kept the adapter's queue across the removal: all {values} values delivered"
+
+
+def check_accounts_kept(ctx: Context) -> str:
+    steps = [
+        {"name": "device", "method": "POST", "path": "/api/auth/login",
+         "json": {"username": "e2e-device", "password": ctx.need("device_password")}},
+        {"name": "read-own", "method": "GET", "path": f"/api/data/{LOCATION}/http-1", "auth": "device"},
+    ]  # fmt: skip
+    results = http_probe(ctx, "kong_auth", f"http://auth_server:{PORTS['auth_server']}", steps)
+    expect_status(results, "device", 200)
+    own = {
+        s["metric"]: [v[1] for v in s["values"]] for s in expect_status(results, "read-own", 200)["series"]
+    }
+    if own != {"BAT": [77.5], "TEMP": [21.0]}:
+        raise CheckFailedError(f"read back {own} instead of BAT 77.5 and TEMP 21")
+    return "the device account created before the removal logs in and reads its HTTP-written values"
+
+
+def check_nothing_left(ctx: Context, images: list[str]) -> str:
+    left = []
+    swarm = docker("info", "--format", "{{.Swarm.LocalNodeState}}").strip()
+    if swarm == "active":
+        if STACK in lines(docker("stack", "ls", "--format", "{{.Name}}")):
+            left.append(f"the stack {STACK}")
+        left += [
+            f"secret {s}"
+            for s in lines(docker("secret", "ls", "--format", "{{.Name}}"))
+            if s.startswith(f"{STACK}_")
+        ]
+        left += [
+            f"config {c}"
+            for c in lines(docker("config", "ls", "--format", "{{.Name}}"))
+            if c.startswith(f"{STACK}_")
+        ]
+        left += [
+            f"service {s}"
+            for s in lines(docker("service", "ls", "--format", "{{.Name}}"))
+            if s.startswith(f"{STACK}_")
+        ]
+        labels = docker("node", "inspect", "self", "--format", "{{json .Spec.Labels}}")
+        if "iot.data" in labels:
+            left.append("the iot.data node label")
+    left += [f"container {c}" for c in lines(docker("ps", "-aq", "--filter", f"label={NAMESPACE_LABEL}"))]
+    left += [
+        f"network {n}"
+        for n in lines(docker("network", "ls", "--format", "{{.Name}}"))
+        if n.startswith(f"{STACK}_")
+    ]
+    volumes = lines(docker("volume", "ls", "--format", "{{.Name}}"))
+    left += [f"volume {v}" for v in volumes if v.startswith(f"{STACK}_")]
+    left += [
+        f"volume {v}" for v in lines(docker("volume", "ls", "-q", "--filter", f"label={NAMESPACE_LABEL}"))
+    ]
+    left += [
+        f"image {i}" for i in images if docker("image", "inspect", i, check=False).strip() not in ("", "[]")
+    ]
+    left += [
+        f"image {i}"
+        for i in lines(docker("images", "--format", "{{.Repository}}:{{.Tag}}"))
+        if i.startswith("iot-platform/")
+    ]
+    if (ctx.copy / ".state").exists():
+        left.append(f"{ctx.copy / '.state'} (run.sh's state and secrets)")
+    if left:
+        raise CheckFailedError("left behind: " + ", ".join(sorted(set(left))))
+    return (
+        f"no stack, service, container, volume, secret, config, network or image ({', '.join(images)}) "
+        f"of the stack is left; swarm {swarm}; run.sh's state folder removed"
+    )
+
+
+# --- Runner --------------------------------------------------------------------------
+
+PHASES: dict[str, list[Callable[[Context], str]]] = {
+    "deployed": [
+        check_services_running,
+        check_published_ports,
+        check_influx_init_script,
+        check_simulator_to_influxdb,
+        check_adapter_metrics,
+        check_auth_server,
+        check_prometheus,
+        check_phpmyadmin,
+        check_stack_simulator,
+        check_network_isolation,
+        check_stack_simulator_summary,
+    ],
+    "before-removal": [check_record_points, check_queue_for_stopped_adapter],
+    "redeployed": [
+        check_services_running_again,
+        check_points_kept,
+        check_queue_delivered,
+        check_accounts_kept,
+    ],
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--copy", type=Path, required=True, help="the deployed copy of the checkout")
+    parser.add_argument("--work", type=Path, required=True, help="the e2e's work folder")
+    parser.add_argument("--probe-image", required=True, help="an image with Python 3 for HTTP probes")
+    parser.add_argument("--images", default="", help="cleaned: the images run.sh built, one per line")
+    parser.add_argument("phase", choices=[*PHASES, "cleaned"])
+    args = parser.parse_args(argv)
+    ctx = Context(args.copy, args.work, args.probe_image)
+
+    checks: list[Callable[[Context], str]] = PHASES.get(args.phase, [])
+    if args.phase == "cleaned":
+        images = [line.strip() for line in args.images.splitlines() if line.strip()]
+        checks = [lambda c: check_nothing_left(c, images)]
+    failed = 0
+    for check in checks:
+        name = getattr(check, "__name__", "check").removeprefix("check_")
+        name = "nothing_left" if name == "<lambda>" else name
+        started = time.monotonic()
+        try:
+            detail = check(ctx)
+        except (CheckFailedError, subprocess.TimeoutExpired, urllib.error.URLError, OSError) as exc:
+            failed += 1
+            print(f"FAIL {name} ({time.monotonic() - started:.0f}s): {exc}", flush=True)
+        else:
+            print(f"PASS {name} ({time.monotonic() - started:.0f}s): {detail}", flush=True)
+    print(f"{args.phase}: {len(checks) - failed} passed, {failed} failed", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+<?php
+// The server phpMyAdmin logs in to, from the upstream image's variables. Cookie login:
+// every user types their own MySQL account; nothing is stored here.
+$cfg['Servers'][1]['auth_type'] = 'cookie';
+$cfg['Servers'][1]['host'] = getenv('PMA_HOST') ?: 'localhost';
+$cfg['Servers'][1]['port'] = getenv('PMA_PORT') ?: '3306';
+$cfg['Servers'][1]['AllowNoPassword'] = false;
