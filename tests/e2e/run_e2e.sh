@@ -143,6 +143,11 @@ stop_engine() {
     sleep 1
   done
   rm -f "$CACHE_DIR/dockerd.pid"
+  # The engine leaves its network namespace mounts behind; the next one makes its own.
+  local netns
+  for netns in /run/docker/netns/*; do
+    if mountpoint -q "$netns"; then umount "$netns" 2>/dev/null || true; fi
+  done
 }
 
 # The engine must hold nothing of a real deployment: the e2e deploys, removes and

@@ -5,6 +5,7 @@ image stack.yml deploys has a stand-in. So stack.yml cannot drift away from the 
 from __future__ import annotations
 
 import copy
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 import yaml
 
 from tests.e2e import stackfile
-from tests.servers import REPO_ROOT, require_binary
+from tests.servers import REPO_ROOT, ServerError, require_binary
 
 E2E = REPO_ROOT / "tests" / "e2e"
 SCRIPTS = [
@@ -97,10 +98,17 @@ def test_rewritten_file_is_a_valid_stack(rewritten: dict[str, Any], tmp_path: Pa
             (tmp_path / entry.name).symlink_to(entry)
     text = yaml.dump(rewritten, Dumper=stackfile._NoAliases, sort_keys=False)
     (tmp_path / "stack.yml").write_text(text, encoding="utf-8")
+    docker = require_binary("docker")
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    commands = subprocess.run(
+        [docker, "stack", "--help"], env=env, capture_output=True, text=True, timeout=60, check=False
+    ).stdout
+    if not re.search(r"^\s+config\s", commands, re.M):
+        raise ServerError(f"{docker} has no `docker stack config`: install Docker's CLI 23.0 or newer")
     result = subprocess.run(
-        [require_binary("docker"), "stack", "config", "-c", "stack.yml"],
+        [docker, "stack", "config", "-c", "stack.yml"],
         cwd=tmp_path,
-        env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path)},
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
