@@ -20,6 +20,8 @@ from tests.servers import AdapterProcess, InfluxServer, MosquittoServer, wait_fo
 T0_MS = 1_700_000_000_000
 STATIONS = 10
 FIELDS = 3
+N = 20_000  # messages per no-loss scenario
+RATE = 4_000.0  # messages per second: the stream lasts 5 s, long enough to break it mid-way
 
 
 def message(i: int) -> tuple[str, str]:
@@ -57,6 +59,11 @@ class Stream:
         self.publisher.close()
 
 
+def wait_mid_stream(influx: InfluxServer, database: str) -> None:
+    """Until a fifth of the N-message stream is stored: the moment to break something."""
+    wait_mid_stream(influx, database)
+
+
 def wait_stored(influx: InfluxServer, database: str, expected: int, timeout_s: float = 180) -> None:
     wait_for(lambda: influx.count_points(database) >= expected, timeout_s, f"{expected} points stored")
     assert influx.count_points(database) == expected
@@ -76,10 +83,6 @@ def stream_factory() -> Iterator[Callable[[MosquittoServer, int, float], Stream]
         s.publisher.client.loop_stop()
 
 
-N = 20_000
-RATE = 4_000.0
-
-
 @pytest.mark.slow
 def test_adapter_killed_mid_stream(
     broker: MosquittoServer,
@@ -90,7 +93,7 @@ def test_adapter_killed_mid_stream(
 ) -> None:
     adapter = make_adapter(broker, influx, database)
     stream = stream_factory(broker, N, RATE)
-    wait_for(lambda: influx.count_points(database) > N * FIELDS // 5, 60, "a fifth of the stream stored")
+    wait_mid_stream(influx, database)
     adapter.kill()
     killed_at = stream.sent
     adapter.start()  # same client id: the broker kept the session and the unacked messages
@@ -110,7 +113,7 @@ def test_influxdb_down_for_ten_seconds(
     bound = 2000
     adapter = make_adapter(broker, own_influx, database, MAX_UNACKED=str(bound))
     stream = stream_factory(broker, N, RATE)
-    wait_for(lambda: own_influx.count_points(database) > N * FIELDS // 5, 60, "a fifth of the stream stored")
+    wait_mid_stream(own_influx, database)
     own_influx.stop()
     down_until = time.monotonic() + 10
     peak = 0.0
@@ -138,7 +141,7 @@ def test_broker_restarted_mid_stream(
 ) -> None:
     adapter = make_adapter(broker, influx, database)
     stream = stream_factory(broker, N, RATE)
-    wait_for(lambda: influx.count_points(database) > N * FIELDS // 5, 60, "a fifth of the stream stored")
+    wait_mid_stream(influx, database)
     broker.stop()  # SIGTERM: mosquitto saves sessions and queued messages to its database
     broker.start()
     stream.finish()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tests.adapter.test_delivery import FIELDS, Stream, message, wait_stored
+from tests.adapter.test_delivery import FIELDS, RATE, N, Stream, message, wait_mid_stream, wait_stored
 from tests.mqtt_client import Publisher
-from tests.servers import AdapterProcess, InfluxServer, MosquittoServer, wait_for
+from tests.servers import AdapterProcess, InfluxServer, MosquittoServer
 
 SHARED = "$share/adapters/#"
 
@@ -52,13 +52,13 @@ def test_killing_one_replica_mid_stream_loses_nothing(
     make_adapter: Callable[..., AdapterProcess],
 ) -> None:
     first, second = replicas(make_adapter, broker, influx, database)
-    stream = Stream(broker, 20_000, 4000.0).start()
-    wait_for(lambda: influx.count_points(database) > 20_000 * FIELDS // 5, 60, "a fifth stored")
+    stream = Stream(broker, N, RATE).start()
+    wait_mid_stream(influx, database)
     first.kill()
     killed_at = stream.sent
     # Swarm restarts a failed task in the same slot, i.e. with the same client id and session.
     first.start()
     stream.finish()
-    assert 0 < killed_at < 20_000
-    wait_stored(influx, database, 20_000 * FIELDS)
+    assert 0 < killed_at < N
+    wait_stored(influx, database, N * FIELDS)
     assert second.proc is not None and second.proc.poll() is None
