@@ -61,7 +61,7 @@ class Stream:
 
 def wait_mid_stream(influx: InfluxServer, database: str) -> None:
     """Until a fifth of the N-message stream is stored: the moment to break something."""
-    wait_mid_stream(influx, database)
+    wait_for(lambda: influx.count_points(database) > N * FIELDS // 5, 60, "a fifth of the stream stored")
 
 
 def wait_stored(influx: InfluxServer, database: str, expected: int, timeout_s: float = 180) -> None:
