@@ -29,7 +29,15 @@ if __package__ in (None, ""):  # run as a script: make `adapter` importable as a
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from adapter.config import AdapterConfig, ConfigError
-from adapter.contract import ParsedMessage, Record, Reject, line_protocol, parse_message, parse_timestamp
+from adapter.contract import (
+    Ignore,
+    ParsedMessage,
+    Record,
+    Reject,
+    line_protocol,
+    parse_message,
+    parse_timestamp,
+)
 from adapter.influx import DatabaseMissingError, InfluxWriter, TransientWriteError
 from adapter.metrics import AdapterMetrics
 from adapter.mqtt_client import BufferedMqttClient
@@ -270,15 +278,14 @@ class Adapter:
         self.source.on_message = self.handle_message
         self._writer_thread = threading.Thread(target=self._write_loop, name="influx-writer", daemon=True)
         self._in_flight = 0
+        # Label children bound once: no label lookup on the message path.
         self._reject_counters = {r: self.metrics.messages_rejected.labels(r.value) for r in Reject}
-        self.received = 0
-        self.stored = 0
+        self._ignore_counters = {i: self.metrics.values_ignored.labels(i.value) for i in Ignore}
 
     # --- MQTT thread ---------------------------------------------------------------
 
     def handle_message(self, generation: int, topic: str, mid: int, payload: bytes) -> None:
         received_ns = time.time_ns()
-        self.received += 1
         self.metrics.messages_received.inc()
         debug = self.config.debug_data_flow
         if debug:
@@ -311,7 +318,7 @@ class Adapter:
                 )
             return
         for _key, why in record.ignored:
-            self.metrics.values_ignored.labels(why.value).inc()
+            self._ignore_counters[why].inc()
         if debug:
             if record.device_time is None:
                 flow_log.info("Data timestamp is NOW")
@@ -357,7 +364,6 @@ class Adapter:
         self.metrics.batch_write_seconds.observe(time.monotonic() - started)
         self.metrics.batch_points.observe(len(batch.lines))
         self.metrics.points_written.inc(result.written)
-        self.stored += result.written
         if result.dropped:
             self.metrics.points_dropped.inc(result.dropped)
             self.metrics.write_errors.labels("permanent").inc()
@@ -408,7 +414,12 @@ class Adapter:
         self._writer_thread.join()
         self.source.disconnect()
         self.writer.close()
-        log.info("Stopped: received %d messages, stored %d points", self.received, self.stored)
+        registry = self.metrics.registry
+        log.info(
+            "Stopped: received %d messages, stored %d points",
+            registry.get_sample_value("adapter_messages_received_total") or 0,
+            registry.get_sample_value("adapter_points_written_total") or 0,
+        )
 
 
 def configure_logging(debug_data_flow: bool) -> None:

@@ -11,19 +11,24 @@ class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable and the fix."""
 
 
-def _read_secret(env: Mapping[str, str], name: str, default: str | None) -> str | None:
-    """`NAME` or the contents of the file named by `NAME_FILE` (Docker secrets)."""
+# read_secret and env_int are shared with the auth server (auth_server/config.py): both
+# services read their settings the same way.
+
+
+def read_secret(env: Mapping[str, str], name: str) -> str | None:
+    """`NAME`, or the contents of the file named by `NAME_FILE` (Docker secrets); None if empty."""
     path = env.get(f"{name}_FILE")
     if path:
         try:
             with open(path, encoding="utf-8") as fh:
-                return fh.read().strip()
+                # Secret files usually end with a newline that is not part of the secret.
+                return fh.read().strip() or None
         except OSError as exc:
             raise ConfigError(f"{name}_FILE={path}: cannot read it ({exc.strerror})") from exc
-    return env.get(name, default)
+    return env.get(name) or None
 
 
-def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+def env_int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -63,22 +68,22 @@ class AdapterConfig:
         topic = env.get("MQTT_TOPIC") or d.mqtt_topic
         return cls(
             mqtt_host=env.get("MQTT_HOST") or d.mqtt_host,
-            mqtt_port=_int(env, "MQTT_PORT", d.mqtt_port, 1, 65535),
+            mqtt_port=env_int(env, "MQTT_PORT", d.mqtt_port, 1, 65535),
             mqtt_username=env.get("MQTT_USERNAME") or None,
-            mqtt_password=_read_secret(env, "MQTT_PASSWORD", None) or None,
+            mqtt_password=read_secret(env, "MQTT_PASSWORD"),
             mqtt_topic=topic,
             mqtt_client_id=env.get("MQTT_CLIENT_ID") or d.mqtt_client_id,
-            mqtt_session_expiry_s=_int(env, "MQTT_SESSION_EXPIRY", d.mqtt_session_expiry_s, 0, 0xFFFFFFFF),
+            mqtt_session_expiry_s=env_int(env, "MQTT_SESSION_EXPIRY", d.mqtt_session_expiry_s, 0, 0xFFFFFFFF),
             influxdb_host=env.get("INFLUXDB_HOST") or d.influxdb_host,
-            influxdb_port=_int(env, "INFLUXDB_PORT", d.influxdb_port, 1, 65535),
+            influxdb_port=env_int(env, "INFLUXDB_PORT", d.influxdb_port, 1, 65535),
             influxdb_database=env.get("INFLUXDB_DATABASE") or d.influxdb_database,
             # Exactly "true": the design says the variable's value is "true", nothing looser.
             debug_data_flow=env.get("DEBUG_DATA_FLOW") == "true",
-            metrics_port=_int(env, "METRICS_PORT", d.metrics_port, 0, 65535),
-            batch_size=_int(env, "BATCH_SIZE", d.batch_size, 1, 100_000),
-            flush_interval_ms=_int(env, "FLUSH_INTERVAL_MS", d.flush_interval_ms, 1, 10_000),
+            metrics_port=env_int(env, "METRICS_PORT", d.metrics_port, 0, 65535),
+            batch_size=env_int(env, "BATCH_SIZE", d.batch_size, 1, 100_000),
+            flush_interval_ms=env_int(env, "FLUSH_INTERVAL_MS", d.flush_interval_ms, 1, 10_000),
             # MQTT 5 Receive Maximum is a 16-bit field: the broker never has more than this
             # many messages in flight to us, which bounds the adapter's memory.
-            max_unacked=_int(env, "MAX_UNACKED", d.max_unacked, 1, 65535),
-            max_message_bytes=_int(env, "MAX_MESSAGE_BYTES", d.max_message_bytes, 2, 268_435_455),
+            max_unacked=env_int(env, "MAX_UNACKED", d.max_unacked, 1, 65535),
+            max_message_bytes=env_int(env, "MAX_MESSAGE_BYTES", d.max_message_bytes, 2, 268_435_455),
         )

@@ -1,5 +1,7 @@
 """InfluxDB 1.x access: database creation and line-protocol batch writes.
 
+Used by the adapter and by the auth server's HTTP data API (one write path for both).
+
 Errors are sorted into the two kinds the adapter treats differently: transient ones
 (retry, keep messages unacked) and permanent ones (drop the bad points, count, go on).
 """
@@ -34,7 +36,8 @@ class WriteResult:
     error: str = ""
 
 
-def _quote_ident(name: str) -> str:
+def quote_identifier(name: str) -> str:
+    """An InfluxQL double-quoted identifier; backslash and quote are the escapes it knows."""
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -56,7 +59,7 @@ class InfluxWriter:
             if self.database in existing:
                 return False
             self._client.query(
-                f"CREATE DATABASE {_quote_ident(self.database)} WITH DURATION INF", method="POST"
+                f"CREATE DATABASE {quote_identifier(self.database)} WITH DURATION INF", method="POST"
             )
         except (requests.RequestException, InfluxDBServerError) as exc:
             raise TransientWriteError(f"cannot reach InfluxDB to create the database: {exc}") from exc

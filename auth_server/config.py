@@ -6,38 +6,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from adapter.config import ConfigError, env_int, read_secret
+
 # HS256 signs with HMAC-SHA256: a key shorter than the hash output weakens it (RFC 7518 3.2).
 MIN_JWT_SECRET_BYTES = 32
-
-
-class ConfigError(ValueError):
-    """A setting is missing or malformed; the message names the variable and the fix."""
-
-
-def _secret(env: Mapping[str, str], name: str) -> str | None:
-    """`NAME`, or the contents of the file named by `NAME_FILE` (Docker secrets)."""
-    path = env.get(f"{name}_FILE")
-    if path:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                # Secret files usually end with a newline that is not part of the secret.
-                return fh.read().strip() or None
-        except OSError as exc:
-            raise ConfigError(f"{name}_FILE={path}: cannot read it ({exc.strerror})") from exc
-    return env.get(name) or None
-
-
-def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name}={raw!r}: expected a whole number") from exc
-    if not low <= value <= high:
-        raise ConfigError(f"{name}={value}: must be between {low} and {high}")
-    return value
 
 
 def _bool(env: Mapping[str, str], name: str) -> bool:
@@ -88,40 +60,40 @@ class AuthConfig:
     def from_env(cls, env: Mapping[str, str] | None = None) -> AuthConfig:
         env = os.environ if env is None else env
         d = cls()
-        jwt_secret = _secret(env, "JWT_SECRET")
+        jwt_secret = read_secret(env, "JWT_SECRET")
         if jwt_secret is None:
             raise ConfigError("JWT_SECRET or JWT_SECRET_FILE is required (e.g. `openssl rand -hex 32`)")
         if len(jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
             raise ConfigError(f"JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes long")
         admin_username = env.get("ADMIN_USERNAME") or None
-        admin_password = _secret(env, "ADMIN_PASSWORD")
+        admin_password = read_secret(env, "ADMIN_PASSWORD")
         if (admin_username is None) != (admin_password is None):
             raise ConfigError("ADMIN_USERNAME and ADMIN_PASSWORD (or ADMIN_PASSWORD_FILE) go together")
         config = cls(
             mysql_host=env.get("MYSQL_HOST") or d.mysql_host,
-            mysql_port=_int(env, "MYSQL_PORT", d.mysql_port, 1, 65535),
+            mysql_port=env_int(env, "MYSQL_PORT", d.mysql_port, 1, 65535),
             mysql_user=env.get("MYSQL_USER") or d.mysql_user,
-            mysql_password=_secret(env, "MYSQL_PASSWORD") or "",
+            mysql_password=read_secret(env, "MYSQL_PASSWORD") or "",
             mysql_database=env.get("MYSQL_DATABASE") or d.mysql_database,
             jwt_secret=jwt_secret,
-            jwt_expires_s=_int(env, "JWT_EXPIRES_SECONDS", d.jwt_expires_s, 1, 24 * 3600),
+            jwt_expires_s=env_int(env, "JWT_EXPIRES_SECONDS", d.jwt_expires_s, 1, 24 * 3600),
             admin_username=admin_username,
             admin_password=admin_password,
             influxdb_host=env.get("INFLUXDB_HOST") or d.influxdb_host,
-            influxdb_port=_int(env, "INFLUXDB_PORT", d.influxdb_port, 1, 65535),
+            influxdb_port=env_int(env, "INFLUXDB_PORT", d.influxdb_port, 1, 65535),
             influxdb_database=env.get("INFLUXDB_DATABASE") or d.influxdb_database,
             auth_host=env.get("AUTH_HOST") or d.auth_host,
-            auth_port=_int(env, "AUTH_PORT", d.auth_port, 1, 65535),
-            auth_threads=_int(env, "AUTH_THREADS", d.auth_threads, 1, 256),
-            max_message_bytes=_int(env, "MAX_MESSAGE_BYTES", d.max_message_bytes, 2, 64 * 1024 * 1024),
-            startup_timeout_s=_int(env, "STARTUP_TIMEOUT", d.startup_timeout_s, 1, 3600),
+            auth_port=env_int(env, "AUTH_PORT", d.auth_port, 1, 65535),
+            auth_threads=env_int(env, "AUTH_THREADS", d.auth_threads, 1, 256),
+            max_message_bytes=env_int(env, "MAX_MESSAGE_BYTES", d.max_message_bytes, 2, 64 * 1024 * 1024),
+            startup_timeout_s=env_int(env, "STARTUP_TIMEOUT", d.startup_timeout_s, 1, 3600),
             mqtt_secure=_bool(env, "MQTT_SECURE"),
             mqtt_host=env.get("MQTT_HOST") or d.mqtt_host,
-            mqtt_port=_int(env, "MQTT_PORT", d.mqtt_port, 1, 65535),
+            mqtt_port=env_int(env, "MQTT_PORT", d.mqtt_port, 1, 65535),
             mqtt_admin_username=env.get("MQTT_ADMIN_USERNAME") or None,
-            mqtt_admin_password=_secret(env, "MQTT_ADMIN_PASSWORD"),
+            mqtt_admin_password=read_secret(env, "MQTT_ADMIN_PASSWORD"),
             adapter_mqtt_username=env.get("ADAPTER_MQTT_USERNAME") or None,
-            adapter_mqtt_password=_secret(env, "ADAPTER_MQTT_PASSWORD"),
+            adapter_mqtt_password=read_secret(env, "ADAPTER_MQTT_PASSWORD"),
         )
         if config.mqtt_secure:
             missing = [

@@ -1,4 +1,4 @@
-"""InfluxDB 1.x over HTTP for the data API: line-protocol writes and parameterized queries."""
+"""InfluxDB 1.x for the data API: writes through the adapter's InfluxWriter, parameterized queries."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import requests
+
+from adapter.influx import DatabaseMissingError, InfluxWriter, TransientWriteError, quote_identifier
+
+__all__ = ["InfluxClient", "InfluxRejectedError", "InfluxUnavailableError", "quote_identifier"]
 
 
 class InfluxUnavailableError(RuntimeError):
@@ -17,16 +21,12 @@ class InfluxRejectedError(RuntimeError):
     """InfluxDB refused the write (HTTP 400); some points of it may have been stored."""
 
 
-def quote_identifier(name: str) -> str:
-    """An InfluxQL double-quoted identifier; backslash and quote are the escapes it knows."""
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 class InfluxClient:
     def __init__(self, host: str, port: int, database: str, timeout_s: float = 10.0) -> None:
         self.url = f"http://{host}:{port}"
         self.database = database
         self.timeout_s = timeout_s
+        self._writer = InfluxWriter(host, port, database, timeout_s)
 
     def _post(self, path: str, **kwargs: Any) -> requests.Response:
         try:
@@ -43,28 +43,18 @@ class InfluxClient:
         except requests.RequestException:
             return False
 
-    def create_database(self) -> None:
-        # Idempotent in InfluxDB 1.x; INF retention as the platform contract requires.
-        q = f"CREATE DATABASE {quote_identifier(self.database)} WITH DURATION INF"
-        response = self._post("/query", data={"q": q})
-        if response.status_code != 200 or "error" in response.text:
-            raise InfluxUnavailableError(f"cannot create database {self.database!r}: {response.text[:200]}")
-
     def write_lines(self, lines: Sequence[str]) -> None:
         """Write every line in one request; creates the database once if it is missing."""
-        if not lines:
-            return
-        body = "\n".join(lines).encode("utf-8")
-        params = {"db": self.database, "precision": "n"}
-        response = self._post("/write", params=params, data=body)
-        if response.status_code == 404 and "database not found" in response.text:
-            self.create_database()
-            response = self._post("/write", params=params, data=body)
-        if response.status_code == 204:
-            return
-        if response.status_code == 400:
-            raise InfluxRejectedError(response.text[:300])
-        raise InfluxUnavailableError(f"InfluxDB answered {response.status_code}: {response.text[:200]}")
+        try:
+            try:
+                result = self._writer.write_lines(lines)
+            except DatabaseMissingError:
+                self._writer.ensure_database()
+                result = self._writer.write_lines(lines)
+        except TransientWriteError as exc:
+            raise InfluxUnavailableError(str(exc)) from exc
+        if result.dropped:
+            raise InfluxRejectedError(result.error)
 
     def query(self, q: str, bind: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The series of a one-statement query; values are passed as bound `$name` parameters,
