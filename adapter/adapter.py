@@ -94,20 +94,26 @@ class BatchCollector:
         self._batch = Batch()
         self._closed = False
 
-    def add(self, generation: int, mid: int, lines: list[str], device: tuple[str, str] | None) -> None:
+    def add(
+        self,
+        generation: int,
+        mid: int,
+        lines: list[str],
+        device: tuple[str, str] | None,
+        received_s: float,
+    ) -> None:
         with self._cond:
             while len(self._batch.acks) >= self._max_pending and not self._closed:
                 self._cond.wait()
-            now = time.monotonic()
             batch = self._batch
             if not batch.acks:
-                batch.first_received = now
+                batch.first_received = time.monotonic()
                 self._cond.notify()
             batch.acks.append((generation, mid))
             if lines:
                 batch.lines.extend(lines)
                 if device is not None:
-                    batch.seen[device] = time.time()
+                    batch.seen[device] = received_s
                 if len(batch.lines) >= self._batch_size:
                     self._cond.notify()
 
@@ -303,7 +309,7 @@ class Adapter:
                 lines.extend(line_protocol(p) for p in record.points)
             if lines:
                 device = (parsed.location, parsed.station)
-        self.collector.add(generation, mid, lines, device)
+        self.collector.add(generation, mid, lines, device, received_ns / 1e9)
 
     def _account(self, record: Record, parsed: ParsedMessage, debug: bool) -> None:
         if record.reject is not None:
