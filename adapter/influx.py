@@ -65,13 +65,6 @@ class InfluxWriter:
             raise TransientWriteError(f"cannot reach InfluxDB to create the database: {exc}") from exc
         return True
 
-    def ping(self) -> bool:
-        try:
-            self._client.ping()
-        except (requests.RequestException, InfluxDBServerError, InfluxDBClientError):
-            return False
-        return True
-
     def write_lines(self, lines: Sequence[str]) -> WriteResult:
         """Write one batch. Raises TransientWriteError; returns the 400 outcome as a result.
 
