@@ -303,6 +303,53 @@ class AdapterProcess(ManagedServer):
         return 0.0
 
 
+class BrokerExporterProcess(ManagedServer):
+    """The real broker metrics exporter, run as `python -m broker_exporter` from the repository root."""
+
+    name = "broker_exporter"
+
+    def __init__(self, workdir: Path, mqtt: MosquittoServer, **env: str) -> None:
+        super().__init__(workdir)
+        self.metrics_port = free_port()
+        self.cwd = REPO_ROOT
+        self.env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "MQTT_HOST": "127.0.0.1",
+            "MQTT_PORT": str(mqtt.port),
+            "METRICS_PORT": str(self.metrics_port),
+            **env,
+        }
+
+    def command(self) -> list[str]:
+        import sys
+
+        return [sys.executable, "-m", "broker_exporter"]
+
+    def ready(self) -> bool:
+        return self.metric("mosquitto_exporter_connected") == 1
+
+    def metrics_text(self) -> str:
+        try:
+            return requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2).text
+        except requests.RequestException:
+            return ""
+
+    def metrics(self) -> dict[str, float]:
+        """{sample name: value} of the unlabelled samples (every `mosquitto_*` statistic)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        return {
+            sample.name: float(sample.value)
+            for family in text_string_to_metric_families(self.metrics_text())
+            for sample in family.samples
+            if not sample.labels
+        }
+
+    def metric(self, name: str) -> float | None:
+        return self.metrics().get(name)
+
+
 class PrometheusServer(ManagedServer):
     """Prometheus (Debian's binary) with a given configuration, on a free loopback port.
 

@@ -1,0 +1,1 @@
+"""Mosquitto's `$SYS` topics as Prometheus metrics (the `broker_exporter` service)."""
