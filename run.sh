@@ -12,7 +12,7 @@ readonly SECRET_LABEL=org.iot-platform.created-by=run.sh
 readonly DATA_LABEL=iot.data
 # Every secret stack.yml uses, without the iot_ prefix of its Swarm name.
 readonly SECRETS=(grafana_admin_password mysql_root_password mysql_password jwt_secret
-  auth_admin_password mqtt_admin_password adapter_mqtt_password)
+  auth_admin_password mqtt_admin_password adapter_mqtt_password broker_exporter_mqtt_password)
 readonly GRAFANA_DEFAULT_PASSWORD=grafanaIDP2023
 
 usage() {
@@ -41,7 +41,7 @@ Options:
 
 Environment (all optional):
   DEBUG_DATA_FLOW=false      silence the adapter's per-message log (default true)
-  ADAPTER_IMAGE, AUTH_SERVER_IMAGE
+  ADAPTER_IMAGE, AUTH_SERVER_IMAGE, SIMULATOR_IMAGE, BROKER_EXPORTER_IMAGE
                              deploy these images instead of building them (CI does this)
   IOT_REGISTRY=host/path     tag the built images there and push them (multi-node swarms)
   BASE_IMAGE=image           base image for the project's Dockerfiles (python:3.11-slim)
@@ -50,6 +50,11 @@ Environment (all optional):
                              scale the adapter: ADAPTER_REPLICAS=3 ADAPTER_MQTT_TOPIC='$share/adapters/#'
   IOT_SECRET_<NAME>=value    value for a secret that does not exist yet, e.g.
                              IOT_SECRET_GRAFANA_ADMIN_PASSWORD (required in CI)
+  Alert delivery (remembered in .state/swarm/secrets/; set one to '' to remove it):
+  IOT_ALERT_WEBHOOK_URL      POST every alert (and its resolution) there as JSON
+  IOT_ALERT_EMAIL_TO, IOT_ALERT_EMAIL_FROM, IOT_ALERT_SMTP_HOST (host:port),
+  IOT_ALERT_SMTP_USERNAME, IOT_ALERT_SMTP_PASSWORD
+                             e-mail every alert (TO, FROM and SMTP_HOST needed)
   Local mode: IOT_BIND_ADDRESS (127.0.0.1), IOT_MQTT_PORT (1883), IOT_INFLUXDB_PORT (8086),
   IOT_INFLUXDB_RPC_PORT (8088), IOT_ADAPTER_METRICS_PORT (8000), IOT_STATE_DIR (.state)
 EOF
@@ -109,6 +114,83 @@ export_config_hashes() {
 
 mode_name() {
   if [[ $SECURE == true ]]; then echo secure; else echo open; fi
+}
+
+# --- Alert delivery -------------------------------------------------------------------
+#
+# alertmanager/alertmanager.yml ships with one receiver, `operators`, without integrations.
+# The settings below add a webhook and/or e-mail to it; the result, which may hold a URL with
+# a token and an SMTP password, is deployed as a Docker secret named after its content, so a
+# changed setting updates the Alertmanager on this run (Swarm secrets cannot change in place).
+# The value of an alert setting: IOT_<NAME> when set (empty: removed), else the remembered one.
+alert_setting() {
+  local name=$1 env_var=IOT_$1 file
+  file=$SWARM_STATE/secrets/${name,,}
+  if [[ -n ${!env_var+set} ]]; then
+    if [[ -n ${!env_var} ]]; then
+      (umask 077 && printf '%s' "${!env_var}" >"$file")
+    else
+      rm -f "$file"
+    fi
+  fi
+  [[ -f $file ]] && cat "$file"
+  return 0
+}
+
+# A YAML single-quoted scalar (any character but a line break).
+yaml_quote() {
+  [[ $1 != *$'\n'* && $1 != *$'\r'* ]] || die "alert settings must be one line"
+  printf "'%s'" "${1//\'/\'\'}"
+}
+
+# Writes the Alertmanager configuration for this run and exports ALERTMANAGER_CONFIG_FILE.
+render_alertmanager_config() {
+  local out=$SWARM_STATE/alertmanager.yml webhook to from smarthost username password
+  mkdir -p "$SWARM_STATE/secrets"
+  chmod 700 "$SWARM_STATE/secrets"
+  webhook=$(alert_setting ALERT_WEBHOOK_URL)
+  to=$(alert_setting ALERT_EMAIL_TO)
+  from=$(alert_setting ALERT_EMAIL_FROM)
+  smarthost=$(alert_setting ALERT_SMTP_HOST)
+  username=$(alert_setting ALERT_SMTP_USERNAME)
+  password=$(alert_setting ALERT_SMTP_PASSWORD)
+  if [[ -n $webhook && ! $webhook =~ ^https?://[^[:space:]]+$ ]]; then
+    die "IOT_ALERT_WEBHOOK_URL must be an http:// or https:// URL"
+  fi
+  if [[ -n $to$from$smarthost$username$password ]] && [[ -z $to || -z $from || -z $smarthost ]]; then
+    die "e-mail alerts need IOT_ALERT_EMAIL_TO, IOT_ALERT_EMAIL_FROM and IOT_ALERT_SMTP_HOST (host:port)"
+  fi
+  [[ -z $smarthost || $smarthost =~ ^[^[:space:]:]+:[0-9]+$ ]] || die "IOT_ALERT_SMTP_HOST must be host:port"
+  {
+    cat alertmanager/alertmanager.yml
+    if [[ -n $webhook ]]; then
+      echo "    webhook_configs:"
+      echo "      - url: $(yaml_quote "$webhook")"
+      echo "        send_resolved: true"
+    fi
+    if [[ -n $to ]]; then
+      echo "    email_configs:"
+      echo "      - to: $(yaml_quote "$to")"
+      echo "        from: $(yaml_quote "$from")"
+      echo "        smarthost: $(yaml_quote "$smarthost")"
+      if [[ -n $username ]]; then
+        echo "        auth_username: $(yaml_quote "$username")"
+        echo "        auth_password: $(yaml_quote "$password")"
+      fi
+      echo "        send_resolved: true"
+    fi
+  } | (umask 077 && cat >"$out")
+  export ALERTMANAGER_CONFIG_FILE=$out
+  export ALERTMANAGER_CONFIG_HASH
+  ALERTMANAGER_CONFIG_HASH=$(sha256sum <"$out" | cut -c1-12)
+  local channels=()
+  [[ -n $webhook ]] && channels+=(webhook)
+  [[ -n $to ]] && channels+=("e-mail to $to")
+  if ((${#channels[@]})); then
+    log "Alerts are sent by: $(printf '%s, ' "${channels[@]}" | sed 's/, $//')"
+  else
+    log "Alerts are sent nowhere (no IOT_ALERT_* setting); they show on Grafana's Platform Health dashboard"
+  fi
 }
 
 # Selects the broker configuration and tells the auth server which mode it is in.
@@ -317,11 +399,16 @@ wait_until_converged() {
   note "all services are running and healthy after $((SECONDS - started))s"
 }
 
-# Configs of earlier versions (other hashes) are no longer used by any service.
+# Configs of earlier versions (other hashes) are no longer used by any service; nor are the
+# stack's own secrets of earlier versions (the Alertmanager configuration). The secrets run.sh
+# creates carry no stack label and are never touched here.
 prune_old_configs() {
-  local config
+  local config secret
   for config in $(docker config ls --filter "label=com.docker.stack.namespace=$STACK" --format '{{.Name}}'); do
     docker config rm "$config" >/dev/null 2>&1 || true # in use: the current version
+  done
+  for secret in $(docker secret ls --filter "label=com.docker.stack.namespace=$STACK" --format '{{.Name}}'); do
+    docker secret rm "$secret" >/dev/null 2>&1 || true
   done
 }
 
@@ -360,7 +447,11 @@ swarm_mode() {
   build_image auth-server auth_server/Dockerfile AUTH_SERVER_IMAGE auth_server adapter
   # The simulator takes its paho-mqtt pin from the adapter's requirements.
   build_image simulator simulator/Dockerfile SIMULATOR_IMAGE simulator adapter/requirements.txt
+  # The broker exporter too, and the adapter's settings helpers.
+  build_image broker-exporter broker_exporter/Dockerfile BROKER_EXPORTER_IMAGE broker_exporter \
+    adapter/__init__.py adapter/config.py adapter/requirements.txt
   ensure_secrets
+  render_alertmanager_config
   export_mode
   export_config_hashes
   local previous_mode=""

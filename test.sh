@@ -15,6 +15,10 @@ declare -A PACKAGES=(
   [mariadbd]=mariadb-server
   [prometheus]=prometheus
   [promtool]=prometheus
+  [prometheus-alertmanager]=prometheus-alertmanager
+  [amtool]=prometheus-alertmanager
+  [node]=nodejs
+  [npm]=npm
   [shellcheck]=shellcheck
 )
 

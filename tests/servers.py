@@ -400,6 +400,39 @@ class PrometheusServer(ManagedServer):
         return self.api("query", query=expr)["result"]
 
 
+class AlertmanagerServer(ManagedServer):
+    """Debian's Alertmanager (`prometheus-alertmanager`) with a given configuration, on a free
+    loopback port, no cluster."""
+
+    name = "alertmanager"
+
+    def __init__(self, workdir: Path, config_text: str) -> None:
+        super().__init__(workdir)
+        self.port = free_port()
+        self.binary = require_binary("prometheus-alertmanager")
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config_path = workdir / "alertmanager.yml"
+        self.config_path.write_text(config_text)
+
+    def command(self) -> list[str]:
+        return [
+            self.binary,
+            f"--config.file={self.config_path}",
+            f"--storage.path={self.workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--cluster.listen-address=",
+        ]
+
+    def ready(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/-/ready", timeout=0.5).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def alerts(self) -> list[dict[str, Any]]:
+        return requests.get(f"{self.url}/api/v2/alerts", timeout=10).json()
+
+
 class MariaDBServer(ManagedServer):
     """MariaDB (`mariadbd`), initialised by mariadb-install-db in its own data directory, on a
     free loopback port. Tests connect as `user`/`password` (any database); `root()` is the

@@ -13,10 +13,12 @@ from collections.abc import Iterator
 import pytest
 
 from tests.mqtt_client import Publisher
-from tests.prometheus.platform_files import ALERTS, local_config
+from tests.prometheus.platform_files import ALERTS, AM_CONFIG, local_config
 from tests.prometheus.scraped import AuthServerProcess, ScrapedPlatform
 from tests.servers import (
     AdapterProcess,
+    AlertmanagerServer,
+    BrokerExporterProcess,
     InfluxServer,
     ManagedServer,
     MariaDBServer,
@@ -66,6 +68,8 @@ def scraped(
     broker = MosquittoServer(workdir / "mosquitto")
     adapter = AdapterProcess(workdir / "adapter", broker, influx, database)
     auth_server = AuthServerProcess(workdir / "auth_server", mariadb, mysql_database, influx)
+    exporter = BrokerExporterProcess(workdir / "broker_exporter", broker)
+    alertmanager = AlertmanagerServer(workdir / "alertmanager", AM_CONFIG.read_text())
     port = free_port()
     down = {job: f"127.0.0.1:{free_port()}" for job in ("kong", "grafana")}
     targets = {
@@ -73,13 +77,15 @@ def scraped(
         "auth_server": f"127.0.0.1:{auth_server.port}",
         "influxdb": f"127.0.0.1:{influx.port}",
         "prometheus": f"127.0.0.1:{port}",
+        "broker_exporter": f"127.0.0.1:{exporter.metrics_port}",
+        "alertmanager": f"127.0.0.1:{alertmanager.port}",
         **down,
     }
     prometheus = PrometheusServer(
         workdir / "prometheus", local_config(targets), {"alerts.yml": ALERTS.read_text()}, port
     )
     try:
-        for server in (broker, adapter, auth_server, prometheus):
+        for server in (broker, adapter, auth_server, exporter, alertmanager, prometheus):
             _start(server)
         yield _publish_and_wait(
             prometheus=prometheus,
@@ -88,6 +94,8 @@ def scraped(
             influx=influx,
             database=database,
             broker=broker,
+            exporter=exporter,
+            alertmanager=alertmanager,
             down_jobs=frozenset(down),
         )
     finally:
@@ -105,6 +113,8 @@ def _publish_and_wait(
     influx: InfluxServer,
     database: str,
     broker: MosquittoServer,
+    exporter: BrokerExporterProcess,
+    alertmanager: AlertmanagerServer,
     down_jobs: frozenset[str],
 ) -> ScrapedPlatform:
     publisher = Publisher(broker.port)
@@ -133,7 +143,6 @@ def _publish_and_wait(
     assert auth_server.login("admin", auth_server.admin_password) == 200
     for _ in range(FAILED_LOGINS):
         assert auth_server.login("admin", "not the password") == 401
-    stored_at = time.time()
 
     def scraped_since(job: str) -> bool:
         # A scrape after the traffic ended, and two samples at least, so rate() has
@@ -146,7 +155,16 @@ def _publish_and_wait(
             and float(samples[0]["value"][1]) >= 2
         )
 
-    for job in ("adapter", "auth_server"):
+    # The broker's statistics include the messages above once it published them (every 10 s).
+    wait_for(
+        lambda: (exporter.metric("mosquitto_publish_messages_received_total") or 0) >= MESSAGES + 3,
+        30,
+        "the broker's statistics",
+        exporter.proc,
+        exporter.log_path,
+    )
+    stored_at = time.time()
+    for job in ("adapter", "auth_server", "broker_exporter"):
         wait_for(
             lambda job=job: scraped_since(job), 30, f"a scrape of {job}", prometheus.proc, prometheus.log_path
         )
@@ -154,6 +172,8 @@ def _publish_and_wait(
         prometheus=prometheus,
         adapter=adapter,
         auth_server=auth_server,
+        exporter=exporter,
+        alertmanager=alertmanager,
         points=points,
         received=MESSAGES + 3,
         not_numeric=MESSAGES + 1,

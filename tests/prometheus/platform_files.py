@@ -17,13 +17,14 @@ PROMETHEUS_DIR = REPO_ROOT / "prometheus"
 CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 ALERTS = PROMETHEUS_DIR / "alerts.yml"
 RULE_TESTS = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
+AM_CONFIG = REPO_ROOT / "alertmanager" / "alertmanager.yml"
 DASHBOARD = REPO_ROOT / "grafana_db" / "grafana_provisioning" / "grafana_dashboards" / "platform_health.json"
 
 # Grafana replaces these before a query reaches Prometheus; values as for a 3 h dashboard.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "3h"}
 
 # Metric families of this platform's own services, checked against what they really export.
-OWN_PREFIXES = ("adapter_", "auth_")
+OWN_PREFIXES = ("adapter_", "auth_", "mosquitto_")
 
 
 def load_yaml(path: Path) -> Any:
@@ -38,7 +39,8 @@ def local_config(targets: Mapping[str, str]) -> str:
     """prometheus/prometheus.yml with each job scraping one local address, every second.
 
     Job names, metrics paths and rule files stay those of the real file; only discovery
-    (Swarm DNS, service names) becomes the address of a server this test started.
+    (Swarm DNS, service names) becomes the address of a server this test started, and the
+    Alertmanager's address that of the `alertmanager` job's target.
     """
     config = load_yaml(CONFIG)
     config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
@@ -46,6 +48,8 @@ def local_config(targets: Mapping[str, str]) -> str:
         for key in [k for k in job if k.endswith("_sd_configs") or k == "static_configs"]:
             del job[key]
         job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+    (manager,) = config["alerting"]["alertmanagers"]
+    manager["static_configs"] = [{"targets": [targets["alertmanager"]]}]
     return yaml.safe_dump(config, sort_keys=False)
 
 
@@ -68,7 +72,7 @@ def as_sent_by_grafana(expr: str) -> str:
 
 
 def own_metric_names(expr: str) -> set[str]:
-    """Names of the adapter's and auth server's series an expression selects."""
+    """Names of the adapter's, auth server's and broker exporter's series an expression selects."""
     without_strings = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # job="auth_server" names no series
     return {m for m in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", without_strings) if m.startswith(OWN_PREFIXES)}
 

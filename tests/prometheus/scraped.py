@@ -14,6 +14,8 @@ import requests
 from tests.servers import (
     REPO_ROOT,
     AdapterProcess,
+    AlertmanagerServer,
+    BrokerExporterProcess,
     InfluxServer,
     ManagedServer,
     MariaDBServer,
@@ -79,6 +81,8 @@ class ScrapedPlatform:
     prometheus: PrometheusServer
     adapter: AdapterProcess
     auth_server: AuthServerProcess
+    exporter: BrokerExporterProcess
+    alertmanager: AlertmanagerServer
     points: int  # numeric values published, i.e. points the adapter must have stored
     received: int  # every message published, valid or not
     not_numeric: int  # values ignored because they are not numbers

@@ -22,6 +22,9 @@ REQUIRED_ALERTS = {
     "DeviceSilent": "a device that reported in the last day is silent for 10 minutes",
     "AuthServerErrors": "the auth server answers 5xx",
     "FailedLoginBurst": "a burst of failed logins",
+    "BrokerUnreachable": "the MQTT broker does not answer",
+    "BrokerMessagesDropped": "the broker dropped messages (a queue overflowed)",
+    "BrokerQueueGrowing": "the broker's queue grows",
 }
 
 # job → (how its targets are found, the name looked up or the target, metrics path)
@@ -31,6 +34,8 @@ SCRAPE_JOBS = {
     "kong": ("dns", "tasks.kong", 8100, "/metrics"),
     "influxdb": ("static", "influxdb", 8086, "/metrics"),
     "grafana": ("static", "grafana", 3000, "/metrics"),
+    "broker_exporter": ("static", "broker_exporter", 9234, "/metrics"),
+    "alertmanager": ("static", "alertmanager", 9093, "/metrics"),
     "prometheus": ("static", "localhost", 9090, "/metrics"),
 }
 

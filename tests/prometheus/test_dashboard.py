@@ -32,6 +32,12 @@ REQUIRED = {
     "failed logins": "auth_logins_total",
     "firing alerts": "ALERTS",
     "components up": "up",
+    "broker clients": "mosquitto_clients_connected",
+    "broker messages in and out": "mosquitto_publish_messages_received_total",
+    "messages the broker dropped": "mosquitto_publish_messages_dropped_total",
+    "the broker's queue": "mosquitto_store_messages",
+    "broker traffic": "mosquitto_bytes_received_total",
+    "broker memory": "mosquitto_heap_bytes",
 }
 
 
@@ -96,10 +102,12 @@ def test_adapter_and_auth_server_panels_show_data(scraped: ScrapedPlatform) -> N
 def test_series_named_in_dashboard_and_alerts_exist(scraped: ScrapedPlatform) -> None:
     """A misspelt metric is valid PromQL that silently shows nothing: compare every adapter
     and auth server series the dashboard and the rules name with what the real ones export."""
-    exported = exported_names(scraped.adapter.metrics_text()) | exported_names(
-        scraped.auth_server.metrics_text()
+    exported = (
+        exported_names(scraped.adapter.metrics_text())
+        | exported_names(scraped.auth_server.metrics_text())
+        | exported_names(scraped.exporter.metrics_text())
     )
     exprs = [t["expr"] for t in targets()] + [r["expr"] for r in alert_rules()]
     named = {n for e in exprs for n in own_metric_names(e)}
-    assert {n.split("_")[0] for n in named} == {"adapter", "auth"}
+    assert {n.split("_")[0] for n in named} == {"adapter", "auth", "mosquitto"}
     assert named - exported == set()

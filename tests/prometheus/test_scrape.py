@@ -67,7 +67,15 @@ def test_logins_and_api_responses_through_prometheus_equal_what_was_sent(scraped
 
 def test_every_job_is_scraped_where_its_component_runs(scraped: ScrapedPlatform) -> None:
     prometheus = scraped.prometheus
-    jobs = {"adapter", "auth_server", "influxdb", "prometheus", *scraped.down_jobs}
+    jobs = {
+        "adapter",
+        "auth_server",
+        "influxdb",
+        "prometheus",
+        "broker_exporter",
+        "alertmanager",
+        *scraped.down_jobs,
+    }
     for job in jobs:
         wait_scraped_after(prometheus, job, scraped.stored_at)
     up = {r["metric"]["job"]: float(r["value"][1]) for r in prometheus.query("up")}
@@ -95,6 +103,23 @@ def test_alert_rules_evaluate_without_errors_on_real_metrics(scraped: ScrapedPla
     loaded = {r["name"]: (r["health"], r.get("lastError", "")) for r in rules()}
     assert set(loaded) == {rule["alert"] for rule in alert_rules()}
     assert {name: h for name, h in loaded.items() if h[0] != "ok"} == {}
+
+
+def test_broker_statistics_through_prometheus(scraped: ScrapedPlatform) -> None:
+    prometheus = scraped.prometheus
+    wait_scraped_after(prometheus, "broker_exporter", scraped.stored_at)
+    job = '{job="broker_exporter"}'
+    assert value(prometheus, f"mosquitto_exporter_connected{job}") == 1
+    # The test's publisher, the adapter, the exporter; the auth server does not use MQTT here.
+    assert value(prometheus, f"mosquitto_clients_connected{job}") >= 2
+    # Every message published was received by the broker (nothing retained, all QoS 1).
+    assert value(prometheus, f"mosquitto_publish_messages_received_total{job}") >= scraped.received
+    assert value(prometheus, f"mosquitto_heap_bytes{job}") > 0
+
+
+def test_prometheus_finds_the_alertmanager(scraped: ScrapedPlatform) -> None:
+    active = scraped.prometheus.api("alertmanagers")["activeAlertmanagers"]
+    assert [a["url"] for a in active] == [f"http://127.0.0.1:{scraped.alertmanager.port}/api/v2/alerts"]
 
 
 def test_component_down_is_pending_for_unreachable_targets(scraped: ScrapedPlatform) -> None:

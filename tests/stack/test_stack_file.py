@@ -35,6 +35,11 @@ REQUIRED_PAIRS = {
     # Not in the contract's list: the optional simulator service must reach the broker,
     # and only the broker, like a device.
     frozenset({"simulator", "mqtt_broker"}),
+    # Alert delivery and broker metrics (contract: Prometheus-Alertmanager, and a broker
+    # metrics exporter-broker; Prometheus scrapes both).
+    frozenset({"prometheus", "alertmanager"}),
+    frozenset({"broker_exporter", "mqtt_broker"}),
+    frozenset({"prometheus", "broker_exporter"}),
 }
 
 SERVICES = {
@@ -48,6 +53,8 @@ SERVICES = {
     "kong",
     "prometheus",
     "simulator",
+    "broker_exporter",
+    "alertmanager",
 }
 
 # (service, published port, container port): exactly these, nothing else published.
@@ -72,6 +79,8 @@ PINNED_IMAGES = {
     "kong": r"kong:3\.\d+\.\d+",
     "prometheus": r"prom/prometheus:v\d+\.\d+\.\d+",
     "simulator": rf"iot-platform/simulator:{re.escape(VERSION)}",
+    "broker_exporter": rf"iot-platform/broker-exporter:{re.escape(VERSION)}",
+    "alertmanager": r"prom/alertmanager:v\d+\.\d+\.\d+",
 }
 
 # Persistent data: (service, named volume, mount point in the container).
@@ -82,6 +91,7 @@ DATA_VOLUMES = {
     ("grafana", "grafana_data", "/var/lib/grafana"),
     ("mysql", "mysql_data", "/var/lib/mysql"),
     ("prometheus", "prometheus_data", "/prometheus"),
+    ("alertmanager", "alertmanager_data", "/alertmanager"),
 }
 
 # Where a project image defines its own health check instead of stack.yml.
@@ -89,6 +99,7 @@ DOCKERFILES = {
     "adapter": "adapter/Dockerfile",
     "auth_server": "auth_server/Dockerfile",
     "simulator": "simulator/Dockerfile",
+    "broker_exporter": "broker_exporter/Dockerfile",
 }
 
 
@@ -241,10 +252,16 @@ def test_passwords_come_only_from_secret_files(stack: dict[str, Any]) -> None:
             if re.search(r"PASSWORD|SECRET", key):
                 assert key.endswith("_FILE"), f"{name}: {key} must be read from a secret file"
                 assert value in targets, f"{name}: {key}={value} is not one of its secrets"
-    for secret in stack["secrets"].values():
+    for key, secret in stack["secrets"].items():
+        assert secret["name"].startswith("iot_")
+        if key == "alertmanager_config":
+            # The one secret the stack makes itself: the configuration run.sh renders (with
+            # the receivers' URLs and passwords), named after its content.
+            assert secret["file"] == str(REPO_ROOT / "alertmanager" / "alertmanager.yml")
+            assert secret["name"] == "iot_alertmanager_config-manual"
+            continue
         # Created by run.sh (or the operator); never a file in the repository.
         assert secret.get("external") is True
-        assert secret["name"].startswith("iot_")
 
 
 def test_grafana_login_is_the_assistant_account_only(stack: dict[str, Any]) -> None:
@@ -304,9 +321,28 @@ def test_prometheus_reaches_every_scrape_target(stack: dict[str, Any]) -> None:
         for dns in job.get("dns_sd_configs", []):
             hosts |= {name.removeprefix("tasks.") for name in dns["names"]}
     hosts.discard("localhost")
-    assert hosts == {"adapter", "auth_server", "kong", "influxdb", "grafana"}
+    assert hosts == {
+        "adapter",
+        "auth_server",
+        "kong",
+        "influxdb",
+        "grafana",
+        "broker_exporter",
+        "alertmanager",
+    }
     for host in hosts:
         assert shares_network(stack, "prometheus", host), host
+
+
+def test_prometheus_sends_alerts_to_the_alertmanager(stack: dict[str, Any]) -> None:
+    config = yaml.safe_load((REPO_ROOT / "prometheus/prometheus.yml").read_text())
+    (manager,) = config["alerting"]["alertmanagers"]
+    assert manager["static_configs"] == [{"targets": ["alertmanager:9093"]}]
+    assert shares_network(stack, "prometheus", "alertmanager")
+    command = stack["services"]["alertmanager"]["command"]
+    (secret,) = stack["services"]["alertmanager"]["secrets"]
+    assert f"--config.file=/run/secrets/{secret['target']}" in command
+    assert secret["source"] == "alertmanager_config"
 
 
 def test_grafana_reaches_its_data_sources(stack: dict[str, Any]) -> None:
