@@ -137,9 +137,8 @@ alert_setting() {
   return 0
 }
 
-# A YAML single-quoted scalar (any character but a line break).
+# A YAML single-quoted scalar (of a value without line breaks: checked before).
 yaml_quote() {
-  [[ $1 != *$'\n'* && $1 != *$'\r'* ]] || die "alert settings must be one line"
   printf "'%s'" "${1//\'/\'\'}"
 }
 
@@ -154,6 +153,13 @@ render_alertmanager_config() {
   smarthost=$(alert_setting ALERT_SMTP_HOST)
   username=$(alert_setting ALERT_SMTP_USERNAME)
   password=$(alert_setting ALERT_SMTP_PASSWORD)
+  local value
+  for value in "$webhook" "$to" "$from" "$smarthost" "$username" "$password"; do
+    [[ $value != *$'\n'* && $value != *$'\r'* ]] || die "alert settings must be one line"
+  done
+  if [[ -n $password && -z $username ]]; then
+    die "IOT_ALERT_SMTP_PASSWORD needs IOT_ALERT_SMTP_USERNAME (the SMTP login)"
+  fi
   if [[ -n $webhook && ! $webhook =~ ^https?://[^[:space:]]+$ ]]; then
     die "IOT_ALERT_WEBHOOK_URL must be an http:// or https:// URL"
   fi

@@ -53,6 +53,11 @@ def local_config(targets: Mapping[str, str]) -> str:
     return yaml.safe_dump(config, sort_keys=False)
 
 
+# Every job of prometheus.yml (local_config needs a target for each; the alertmanager job's
+# target is also where alerts are sent).
+SCRAPE_JOB_NAMES = tuple(job["job_name"] for job in load_yaml(CONFIG)["scrape_configs"])
+
+
 def dashboard() -> dict[str, Any]:
     return json.loads(DASHBOARD.read_text())
 
