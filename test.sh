@@ -58,6 +58,17 @@ if [[ ! -x .venv/bin/python || ! -f $stamp || $(cat "$stamp") != "$wanted" ]]; t
   echo "$wanted" >"$stamp"
 fi
 
+# MQTT.js for the device-client tests, at the version package-lock.json pins (npm ci), again
+# only when the lock file changed.
+clients=tests/device_clients
+npm_stamp=$clients/node_modules/.lock.sha256
+npm_wanted=$(sha256sum <"$clients/package-lock.json" | cut -d' ' -f1)
+if [[ ! -f $npm_stamp || $(cat "$npm_stamp") != "$npm_wanted" ]]; then
+  echo "==> installing the device clients' npm packages ($clients)"
+  npm ci --prefix "$clients" --no-audit --no-fund --loglevel=error >/dev/null
+  echo "$npm_wanted" >"$npm_stamp"
+fi
+
 echo "==> ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
