@@ -49,11 +49,18 @@ class AuthConfig:
     mqtt_admin_password: str | None = field(default=None, repr=False)
     adapter_mqtt_username: str | None = None
     adapter_mqtt_password: str | None = field(default=None, repr=False)
+    # Optional: the broker metrics exporter's account (reads $SYS/# and nothing else).
+    broker_exporter_mqtt_username: str | None = None
+    broker_exporter_mqtt_password: str | None = field(default=None, repr=False)
 
     @property
     def reserved_usernames(self) -> frozenset[str]:
         """Broker accounts the auth server does not own as devices (secure mode only)."""
-        names = (self.mqtt_admin_username, self.adapter_mqtt_username) if self.mqtt_secure else ()
+        names = (
+            (self.mqtt_admin_username, self.adapter_mqtt_username, self.broker_exporter_mqtt_username)
+            if self.mqtt_secure
+            else ()
+        )
         return frozenset(n for n in names if n)
 
     @classmethod
@@ -94,6 +101,8 @@ class AuthConfig:
             mqtt_admin_password=read_secret(env, "MQTT_ADMIN_PASSWORD"),
             adapter_mqtt_username=env.get("ADAPTER_MQTT_USERNAME") or None,
             adapter_mqtt_password=read_secret(env, "ADAPTER_MQTT_PASSWORD"),
+            broker_exporter_mqtt_username=env.get("BROKER_EXPORTER_MQTT_USERNAME") or None,
+            broker_exporter_mqtt_password=read_secret(env, "BROKER_EXPORTER_MQTT_PASSWORD"),
         )
         if config.mqtt_secure:
             missing = [
@@ -110,4 +119,13 @@ class AuthConfig:
                 raise ConfigError(f"MQTT_SECURE=true needs {', '.join(missing)} (or the _FILE variants)")
             if config.mqtt_admin_username == config.adapter_mqtt_username:
                 raise ConfigError("MQTT_ADMIN_USERNAME and ADAPTER_MQTT_USERNAME must differ")
+            exporter = (config.broker_exporter_mqtt_username, config.broker_exporter_mqtt_password)
+            if (exporter[0] is None) != (exporter[1] is None):
+                raise ConfigError(
+                    "BROKER_EXPORTER_MQTT_USERNAME and BROKER_EXPORTER_MQTT_PASSWORD (or _FILE) go together"
+                )
+            if exporter[0] in (config.mqtt_admin_username, config.adapter_mqtt_username):
+                raise ConfigError(
+                    "BROKER_EXPORTER_MQTT_USERNAME must differ from the admin and adapter accounts"
+                )
         return config

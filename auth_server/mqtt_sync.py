@@ -30,6 +30,7 @@ CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = f"{CONTROL_TOPIC}/response"
 DEVICE_ROLE_PREFIX = "iot-device:"
 ADAPTER_ROLE = "iot-adapter"
+BROKER_EXPORTER_ROLE = "iot-broker-exporter"
 # Written into the clients we create, so a later reconcile knows which ones are ours to delete.
 MANAGED_MARK = "managed by the IoT auth server"
 # A command is at most a few hundred bytes (topics are short); 50 stay far below 256 KiB.
@@ -55,6 +56,13 @@ def publish_acls(topics: Iterable[str]) -> list[dict[str, Any]]:
 ADAPTER_ACLS = [
     {"acltype": "subscribePattern", "topic": "#", "allow": True},
     {"acltype": "publishClientReceive", "topic": "#", "allow": True},
+]
+
+
+# The broker metrics exporter reads the broker's statistics and nothing else.
+BROKER_EXPORTER_ACLS = [
+    {"acltype": "subscribePattern", "topic": "$SYS/#", "allow": True},
+    {"acltype": "publishClientReceive", "topic": "$SYS/#", "allow": True},
 ]
 
 
@@ -329,8 +337,9 @@ class MqttAccountSync:
             probe.loop_stop()
 
     def reconcile(self, devices: Sequence[DeviceState]) -> ReconcileReport:
-        """Make the broker's clients and roles match MySQL: the adapter's account, one client
-        and role per device account, and nothing left of deleted accounts."""
+        """Make the broker's clients and roles match MySQL: the adapter's (and the broker
+        exporter's) account, one client and role per device account, and nothing left of
+        deleted accounts."""
         c = self._config
         assert c.adapter_mqtt_username and c.adapter_mqtt_password
         report = ReconcileReport()
@@ -345,15 +354,26 @@ class MqttAccountSync:
             clients = {x["username"]: x for x in clients_answer.get("data", {}).get("clients", [])}
             roles = {x["rolename"]: x for x in roles_answer.get("data", {}).get("roles", [])}
 
-            # The adapter: its password is known, but only sent when the broker rejects it, since
-            # setting a password disconnects the adapter.
-            adapter = c.adapter_mqtt_username
-            commands = plan_role(ADAPTER_ROLE, roles.get(ADAPTER_ROLE), ADAPTER_ACLS)
-            existing = clients.get(adapter)
-            password = c.adapter_mqtt_password
-            if existing is not None and self.login_works(adapter, c.adapter_mqtt_password):
-                password = None
-            commands += plan_client(adapter, existing, ADAPTER_ROLE, True, password)
+            # The adapter and the broker exporter: their passwords are known, but only sent when
+            # the broker rejects them, since setting a password disconnects the client.
+            services = [(c.adapter_mqtt_username, c.adapter_mqtt_password, ADAPTER_ROLE, ADAPTER_ACLS)]
+            if c.broker_exporter_mqtt_username and c.broker_exporter_mqtt_password:
+                services.append(
+                    (
+                        c.broker_exporter_mqtt_username,
+                        c.broker_exporter_mqtt_password,
+                        BROKER_EXPORTER_ROLE,
+                        BROKER_EXPORTER_ACLS,
+                    )
+                )
+            commands: list[Command] = []
+            for username, secret, rolename, acls in services:
+                commands += plan_role(rolename, roles.get(rolename), acls)
+                existing = clients.get(username)
+                password: str | None = secret
+                if existing is not None and self.login_works(username, secret):
+                    password = None
+                commands += plan_client(username, existing, rolename, True, password)
 
             wanted: set[str] = set()
             for device in devices:

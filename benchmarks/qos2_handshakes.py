@@ -158,15 +158,13 @@ def main() -> None:
             print(
                 f"{args.handshakes} QoS 2 handshakes never finished, readings of {size} B, in {elapsed:.1f} s"
             )
-            print(
-                f"  broker RSS   {rss0 / 1024:8.1f} MiB -> {rss1 / 1024:8.1f} MiB (+{(rss1 - rss0) / 1024:.1f} MiB)"
+            rss = f"{rss0 / 1024:8.1f} MiB -> {rss1 / 1024:8.1f} MiB (+{(rss1 - rss0) / 1024:.1f} MiB)"
+            print(f"  broker RSS   {rss}")
+            heap = (
+                f"{heap0 / 2**20:8.1f} MiB -> {heap1 / 2**20:8.1f} MiB (+{(heap1 - heap0) / 2**20:.1f} MiB)"
             )
-            print(
-                f"  broker heap  {heap0 / 2**20:8.1f} MiB -> {heap1 / 2**20:8.1f} MiB (+{(heap1 - heap0) / 2**20:.1f} MiB)"
-            )
-            print(
-                f"  open at once at most {open_now} (ids: {PACKET_IDS}, max_inflight_bytes: {MAX_INFLIGHT_BYTES})"
-            )
+            print(f"  broker heap  {heap}")
+            print(f"  open at most {open_now} (ids {PACKET_IDS}, max_inflight_bytes {MAX_INFLIGHT_BYTES})")
             print(f"  heap per open handshake {per_message:.0f} B (payload {size} B)")
             print(
                 f"  bound per client: {MAX_INFLIGHT_BYTES / 2**20:.0f} MiB payload + "

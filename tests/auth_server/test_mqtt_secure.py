@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import queue
 import re
 import subprocess
 import threading
@@ -29,6 +30,7 @@ from tests.conftest import _track
 from tests.servers import (
     REPO_ROOT,
     AdapterProcess,
+    BrokerExporterProcess,
     InfluxServer,
     MariaDBServer,
     MosquittoServer,
@@ -40,6 +42,7 @@ from tests.servers import (
 
 DYNSEC_ADMIN = "iot-admin"
 ADAPTER = "adapter"
+EXPORTER = "broker-exporter"
 
 
 def _plugin_path() -> str:
@@ -115,6 +118,8 @@ def secure_settings(settings: dict[str, str], secure_broker: SecureBroker) -> di
         "MQTT_ADMIN_PASSWORD": secure_broker.admin_password,
         "ADAPTER_MQTT_USERNAME": ADAPTER,
         "ADAPTER_MQTT_PASSWORD": new_password(),
+        "BROKER_EXPORTER_MQTT_USERNAME": EXPORTER,
+        "BROKER_EXPORTER_MQTT_PASSWORD": new_password(),
     }
 
 
@@ -385,6 +390,37 @@ def test_reconcile_at_start_repairs_the_broker(
     early = devices("early", new)
     assert not early.publish("UPB/E", "{}").is_failure
     assert early.publish("UPB/G", "{}").is_failure
+
+
+def test_broker_exporter_account_reads_statistics_and_nothing_else(
+    tmp_path: Path, secure_broker: SecureBroker, sapi: Api
+) -> None:
+    password = sapi.settings["BROKER_EXPORTER_MQTT_PASSWORD"]
+    exporter = BrokerExporterProcess(
+        tmp_path / "exporter", secure_broker.server, MQTT_USERNAME=EXPORTER, MQTT_PASSWORD=password
+    )
+    exporter.start()
+    try:
+        assert exporter.metric("mosquitto_exporter_connected") == 1
+        wait_for(
+            lambda: exporter.metric("mosquitto_uptime_seconds") is not None, 30, "statistics", exporter.proc
+        )
+    finally:
+        exporter.stop()
+    # The same account may not read the devices' data.
+    results: queue.Queue[list[ReasonCode]] = queue.Queue()
+    client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.username_pw_set(EXPORTER, password)
+    client.on_subscribe = lambda _c, _u, _mid, rcs, _p: results.put(rcs)
+    client.connect("127.0.0.1", secure_broker.port)
+    client.loop_start()
+    try:
+        client.subscribe("UPB/#", qos=1)
+        (denied,) = results.get(timeout=10)
+        assert denied.is_failure
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 def test_a_second_start_changes_nothing_and_kicks_nobody(

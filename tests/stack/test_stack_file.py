@@ -371,6 +371,9 @@ def test_adapter_and_auth_server_agree_on_the_adapter_account(stack: dict[str, A
     assert adapter["MQTT_USERNAME"] == auth["ADAPTER_MQTT_USERNAME"]
     assert adapter["MQTT_PASSWORD_FILE"] == auth["ADAPTER_MQTT_PASSWORD_FILE"]
     assert broker["MQTT_ADMIN_USERNAME"] == auth["MQTT_ADMIN_USERNAME"]
+    exporter = env(stack["services"]["broker_exporter"])
+    assert exporter["MQTT_USERNAME"] == auth["BROKER_EXPORTER_MQTT_USERNAME"]
+    assert exporter["MQTT_PASSWORD_FILE"] == auth["BROKER_EXPORTER_MQTT_PASSWORD_FILE"]
     assert adapter["MQTT_TOPIC"] == "#"
     # One persistent session per replica slot (Swarm fills in the template).
     assert "{{.Task.Slot}}" in adapter["MQTT_CLIENT_ID"]
