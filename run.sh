@@ -93,6 +93,7 @@ project_version() {
 export_config_hashes() {
   local -A files=(
     [MOSQUITTO_CONF_HASH]=$MOSQUITTO_CONF_FILE
+    [MOSQUITTO_RUN_BROKER_HASH]=mosquitto_mqtt_vol/run_broker.sh
     [INFLUXDB_INIT_HASH]=database/init_influx_db.sh
     [GRAFANA_DATASOURCES_HASH]=grafana_db/grafana_provisioning/datasources/datasources.yml
     [GRAFANA_DASHBOARDS_HASH]=grafana_db/grafana_provisioning/dashboards/dashboards.yml
@@ -632,13 +633,16 @@ local_mosquitto_start() {
   if grep -v '^#' "$conf" | grep -Eq '(^|[[:space:]])/mosquitto/'; then
     die "mosquitto_mqtt_vol/mosquitto.conf has a path local mode does not rewrite"
   fi
-  local_spawn mosquitto "$(command -v mosquitto || echo /usr/sbin/mosquitto)" -c "$conf"
+  # Through the stack's own wrapper, which keeps the log file bounded by size (see there).
+  local_spawn mosquitto sh mosquitto_mqtt_vol/run_broker.sh "$LOCAL_DIR/logs/mosquitto.log" \
+    "$(command -v mosquitto || echo /usr/sbin/mosquitto)" -c "$conf"
   local_wait mosquitto 30 port_open "$CONNECT_HOST" "$IOT_MQTT_PORT"
 }
 
 local_mosquitto_info() {
   note "MQTT broker  $BIND_ADDRESS:$IOT_MQTT_PORT (anyone may publish and subscribe)"
-  note "             log $LOCAL_DIR/logs/mosquitto.log, queue and sessions in $LOCAL_DIR/mosquitto/"
+  note "             log $LOCAL_DIR/logs/mosquitto.log (rotated at 10 MiB, 4 old ones kept),"
+  note "             queue and sessions in $LOCAL_DIR/mosquitto/"
 }
 
 influx_ping() {

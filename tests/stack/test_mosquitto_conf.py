@@ -4,6 +4,7 @@ the broker service's start-up script and health check from stack.yml run against
 from __future__ import annotations
 
 import glob
+import json
 import os
 import queue
 import subprocess
@@ -17,9 +18,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from tests.mqtt_client import Publisher
-from tests.servers import REPO_ROOT, MosquittoServer, ServerError, free_port, require_binary
+from tests.servers import REPO_ROOT, MosquittoServer, ServerError, free_port, require_binary, wait_for
 
 CONF_DIR = REPO_ROOT / "mosquitto_mqtt_vol"
+RUN_BROKER = CONF_DIR / "run_broker.sh"
 ADMIN = "iot-admin"
 MESSAGE_SIZE_LIMIT = 262144  # the adapter's MAX_MESSAGE_BYTES default
 
@@ -77,8 +79,13 @@ class StackBroker(MosquittoServer):
         super().__init__(paths.workdir, port=port, config_text=paths.config(conf_name, port))
         assert service["entrypoint"] == ["/bin/sh", "-ec"]
         script = paths.rewrite(service["command"][0], port)
-        self.script = script.replace("/docker-entrypoint.sh /usr/sbin/mosquitto", self.binary)
-        assert str(paths.conf) in self.script and self.binary in self.script
+        # The image's entrypoint only hands /mosquitto to its user; the log rotation script
+        # is the repository's, mounted by the stack at /usr/local/bin/run_broker.sh.
+        script = script.replace("/docker-entrypoint.sh /usr/local/bin/run_broker.sh", str(RUN_BROKER))
+        self.script = script.replace("/usr/sbin/mosquitto", self.binary)
+        assert (
+            str(paths.conf) in self.script and self.binary in self.script and str(RUN_BROKER) in self.script
+        )
 
     def command(self) -> list[str]:
         return ["/bin/sh", "-ec", self.script]
@@ -100,7 +107,13 @@ def health_check(service: dict[str, Any], paths: Paths, port: int) -> subprocess
 class Subscriber:
     """An MQTT 5 subscriber collecting (topic, payload) pairs; persistent when given a client id."""
 
-    def __init__(self, port: int, client_id: str | None = None, username: str | None = None) -> None:
+    def __init__(
+        self,
+        port: int,
+        client_id: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.connected: queue.Queue[int] = queue.Queue()
         self.subscribed: queue.Queue[int] = queue.Queue()
@@ -109,6 +122,8 @@ class Subscriber:
             client_id=client_id or f"stacktest-{uuid.uuid4().hex}",
             protocol=mqtt.MQTTv5,
         )
+        if username:
+            self.client.username_pw_set(username, password)
         self.client.on_connect = lambda c, u, f, rc, p: self.connected.put(rc.value)
         self.client.on_subscribe = lambda c, u, mid, rcs, p: self.subscribed.put(mid)
         self.client.on_message = lambda c, u, m: self.messages.put((m.topic, m.payload))
@@ -269,3 +284,106 @@ def test_secure_conf_differs_only_in_access_control() -> None:
     assert "allow_anonymous true" in code_lines("mosquitto.conf")
     assert "allow_anonymous false" in code_lines("mosquitto-secure.conf")
     assert "listener 1883" in default, "all addresses, the MQTT port"
+
+
+def connect_and_leave(port: int, times: int) -> None:
+    """Each connection and disconnection is a line in the broker's log (connection_messages)."""
+    for _ in range(times):
+        client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=uuid.uuid4().hex
+        )
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        client.disconnect()
+        client.loop_stop()
+
+
+@pytest.mark.parametrize("conf_name", ["mosquitto.conf", "mosquitto-secure.conf"])
+def test_log_file_is_rotated_by_size_and_the_broker_carries_on(
+    tmp_path: Path, broker_service: dict[str, Any], monkeypatch: pytest.MonkeyPatch, conf_name: str
+) -> None:
+    paths = Paths(tmp_path)
+    password = uuid.uuid4().hex
+    (paths.secrets / "mqtt_admin_password").write_text(password)
+    monkeypatch.setenv("MQTT_ADMIN_USERNAME", ADMIN)
+    server = StackBroker(paths, conf_name, broker_service)
+    settings = {k: str(v) for k, v in broker_service["environment"].items() if k.startswith("MOSQUITTO_LOG_")}
+    # The stack's settings, then this test's small ones: 4 KiB files, checked every second.
+    assert settings == {"MOSQUITTO_LOG_MAX_BYTES": "10485760", "MOSQUITTO_LOG_FILES": "4"}
+    small = {
+        "MOSQUITTO_LOG_MAX_BYTES": "4096",
+        "MOSQUITTO_LOG_FILES": "2",
+        "MOSQUITTO_LOG_CHECK_SECONDS": "1",
+    }
+    server.env = {**os.environ, **small}
+    server.start()
+    log = paths.log / "mosquitto.log"
+    secure = conf_name != "mosquitto.conf"
+    account = {"username": ADMIN, "password": password} if secure else {}
+    # A session that must survive every rotation (SIGHUP reloads the configuration). In
+    # secure mode the admin may only use the dynamic-security plugin's topics: its answer to
+    # a command after the rotations shows that the plugin works as before.
+    if secure:
+        topic, payload = (
+            "$CONTROL/dynamic-security/v1",
+            json.dumps({"commands": [{"command": "listClients"}]}),
+        )
+        listen = f"{topic}/response"
+    else:
+        topic, payload = f"rotation/{uuid.uuid4().hex}", "after rotation"
+        listen = topic
+    try:
+        subscriber = Subscriber(server.port, **account)
+        subscriber.subscribe(listen)
+
+        def rotated_twice() -> bool:
+            # Log lines: anonymous clients connecting and leaving (refused in secure mode,
+            # which is logged all the same).
+            connect_and_leave(server.port, 10)
+            return (paths.log / "mosquitto.log.2").exists()
+
+        wait_for(rotated_twice, 60, "two rotations", server.proc, server.log_path)
+        connect_and_leave(server.port, 100)  # and more: the oldest file is dropped, not kept
+        wait_for(lambda: log.exists() and log.stat().st_size > 0, 30, "a fresh log file", server.proc)
+        files = sorted(p.name for p in paths.log.iterdir())
+        assert files == ["mosquitto.log", "mosquitto.log.1", "mosquitto.log.2"]
+        # Each rotated file was renamed just past the limit (lines of one check interval).
+        for name in files[1:]:
+            assert 4096 < (paths.log / name).stat().st_size < 64 * 1024, name
+        assert "Reloading config." in log.read_text() + (paths.log / "mosquitto.log.1").read_text()
+        publisher = Publisher(server.port, **account)
+        try:
+            publisher.publish(topic, payload)
+            publisher.wait(10)
+        finally:
+            publisher.close()
+        ((got_topic, got),) = subscriber.take(1)
+        assert got_topic == listen
+        assert (ADMIN.encode() in got) if secure else (got == payload.encode())
+        subscriber.close()
+    finally:
+        server.stop()
+    assert server.proc is not None and server.proc.returncode == 0, server.log_text()
+    assert (paths.data / "mosquitto.db").is_file(), "a clean stop (SIGTERM passed on) saves the queue"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MOSQUITTO_LOG_MAX_BYTES": "10M"}, "MOSQUITTO_LOG_MAX_BYTES=10M must be a whole number"),
+        ({"MOSQUITTO_LOG_FILES": "0"}, "MOSQUITTO_LOG_FILES >= 1"),
+        ({"MOSQUITTO_LOG_MAX_BYTES": "100"}, "MOSQUITTO_LOG_MAX_BYTES >= 4096"),
+        ({"MOSQUITTO_LOG_CHECK_SECONDS": "0.5"}, "MOSQUITTO_LOG_CHECK_SECONDS=0.5 must be a whole number"),
+    ],
+)
+def test_run_broker_refuses_bad_settings(tmp_path: Path, env: dict[str, str], message: str) -> None:
+    result = subprocess.run(
+        [str(RUN_BROKER), str(tmp_path / "x.log"), "true"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
