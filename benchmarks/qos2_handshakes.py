@@ -1,8 +1,8 @@
 """Memory bound of the shipped broker against a client that opens QoS 2 handshakes and never
 finishes them (it sends PUBLISH, ignores every PUBREC, never sends PUBREL).
 
-    .venv/bin/python -m benchmarks.qos2_handshakes                      # 100 000 handshakes
-    .venv/bin/python -m benchmarks.qos2_handshakes --handshakes 200000 --payload-bytes 4096
+    PYTHONPATH=. .venv/bin/python -m benchmarks.qos2_handshakes          # 100 000 handshakes
+    PYTHONPATH=. .venv/bin/python -m benchmarks.qos2_handshakes --handshakes 200000 --payload-bytes 4096
 
 Runs Debian's Mosquitto with mosquitto_mqtt_vol/mosquitto.conf as shipped (paths and port
 rewritten) and prints the broker's resident memory (VmRSS) and its own heap count

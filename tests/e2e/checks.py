@@ -52,6 +52,8 @@ PORTS = {
     "mysql": 3306,
     "phpmyadmin": 80,
     "prometheus": 9090,
+    "broker_exporter": 9234,
+    "alertmanager": 9093,
 }
 # CONTRACT section 6: the pairs that must talk, each sharing a network made for it. Written
 # out here, not read from stack.yml, so that the stack file is checked against the contract.
@@ -68,6 +70,10 @@ ALLOWED_PAIRS = {
         ("prometheus", "adapter"),
         ("prometheus", "auth_server"),
         ("prometheus", "influxdb"),
+        ("prometheus", "broker_exporter"),
+        ("prometheus", "alertmanager"),
+        # The broker exporter reads the broker's $SYS statistics over MQTT.
+        ("broker_exporter", "mqtt_broker"),
         # The stack's optional device simulator (0 replicas unless scaled up) talks to
         # the broker only, like any device.
         ("simulator", "mqtt_broker"),
@@ -480,10 +486,30 @@ def check_prometheus(ctx: Context) -> str:
     def targets() -> dict[str, float]:
         return {r["metric"]["job"]: float(r["value"][1]) for r in prometheus_query("up")}
 
-    wanted = {"adapter", "auth_server", "influxdb", "prometheus"}
+    wanted = {"adapter", "auth_server", "influxdb", "prometheus", "broker_exporter", "alertmanager"}
     up = poll("scrape targets", targets, lambda t: all(t.get(job) == 1 for job in wanted), 120)
     if not all(up.get(job) == 1 for job in wanted):
         raise CheckFailedError(f"up by job: {up}; expected 1 for {sorted(wanted)}")
+    # The exporter reads the broker: its statistics arrive (every 10 s).
+    broker = poll(
+        "broker statistics",
+        lambda: prometheus_query(
+            "mosquitto_exporter_connected == 1 and on() mosquitto_clients_connected > 0"
+        ),
+        bool,
+        90,
+    )
+    if not broker:
+        raise CheckFailedError("Prometheus has no live broker statistics from broker_exporter")
+    # Prometheus found the Alertmanager it sends alerts to, and the Alertmanager has them.
+    discovered = poll(
+        "alertmanager discovered",
+        lambda: prometheus_query("prometheus_notifications_alertmanagers_discovered"),
+        lambda r: bool(r) and float(r[0]["value"][1]) == 1,
+        60,
+    )
+    if not discovered or float(discovered[0]["value"][1]) != 1:
+        raise CheckFailedError(f"prometheus_notifications_alertmanagers_discovered: {discovered}")
     values = ctx.need("simulated")["values"]
 
     def written() -> float:
@@ -493,9 +519,11 @@ def check_prometheus(ctx: Context) -> str:
     if total < values:
         raise CheckFailedError(f"Prometheus has adapter_points_written_total {total} < {values}")
     others = {job: value for job, value in sorted(up.items()) if job not in wanted}
+    sent = prometheus_query("sum(prometheus_notifications_sent_total)")
     return (
-        f"{', '.join(sorted(wanted))} are up; adapter_points_written_total {total:.0f}; "
-        f"other jobs {others} (Grafana and Kong are left out)"
+        f"{', '.join(sorted(wanted))} are up; adapter_points_written_total {total:.0f}; broker statistics "
+        f"live; the Alertmanager discovered ({pretty(sent)} notifications sent); other jobs {others} "
+        "(Grafana and Kong are left out)"
     )
 
 

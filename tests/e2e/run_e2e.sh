@@ -16,7 +16,8 @@ Needs root and an empty Docker engine (no stack `iot`, none of its volumes or se
      Debian packages docker.io and debootstrap when missing.
   2. Builds a Debian 12 base image (debootstrap + docker import, cached as a tarball),
      a Python image from it, and stand-ins for the upstream images stack.yml names, from
-     Debian packages: Mosquitto, InfluxDB, MySQL (as MariaDB), Prometheus, phpMyAdmin.
+     Debian packages: Mosquitto, InfluxDB, MySQL (as MariaDB), Prometheus, Alertmanager,
+     phpMyAdmin.
      They carry exactly the names stack.yml uses (tests/e2e/images/ says what each keeps).
   3. Copies the checkout and rewrites the copy's stack.yml for this machine: Grafana and
      Kong left out (no stand-in can be built for them here), endpoint_mode dnsrr and
@@ -25,7 +26,8 @@ Needs root and an empty Docker engine (no stack `iot`, none of its volumes or se
      for Kong). Then deploys it with the copy's ./run.sh (BASE_IMAGE = the Python image).
   4. Checks: the simulator publishes to port 1883 and every value reaches InfluxDB; the
      InfluxDB init script ran; the auth server answers on its network (login, accounts,
-     HTTP data path); Prometheus scrapes the adapter and the auth server; phpMyAdmin logs
+     HTTP data path); Prometheus scrapes the adapter, the auth server, the broker exporter
+     and the Alertmanager, and sends alerts to the latter; phpMyAdmin logs
      in to MySQL through port 8081; from inside every container exactly the peers the
      contract allows are reachable.
   5. docker stack rm, then ./run.sh again: every stored point, the accounts and the
@@ -70,6 +72,7 @@ declare -A STAND_INS=(
   [influxdb]=influxdb
   [mysql]=mysql
   [prometheus]=prometheus
+  [alertmanager]=alertmanager
   [phpmyadmin]=phpmyadmin
 )
 
