@@ -58,8 +58,9 @@ class SysTree:
 
 
 class SysCollector(Collector):
-    """Metric families from a SysTree: only statistics the broker has reported are exported
-    (an absent series means "not known", never a made-up 0)."""
+    """Metric families from a SysTree: only statistics the broker has reported, and only while
+    it is connected and reporting, are exported (an absent series means "not known", never a
+    made-up 0 or a stale value)."""
 
     def __init__(self, tree: SysTree, stale_after_s: int) -> None:
         self.tree = tree
@@ -72,7 +73,9 @@ class SysCollector(Collector):
         return self.tree.connected and last is not None and time.time() - last <= self.stale_after_s
 
     def collect(self) -> Iterator[Metric]:
-        values = self.tree.values()
+        up = self.up()
+        # While the broker is gone or silent, its last statistics are no longer its state.
+        values = self.tree.values() if up else {}
         for key, spec in SYS_METRICS.items():
             if key not in values:
                 continue
@@ -87,7 +90,7 @@ class SysCollector(Collector):
             "mosquitto_exporter_connected",
             "1 while the exporter is subscribed to $SYS/# and the broker's statistics keep coming",
         )
-        connected.add_metric([], 1.0 if self.up() else 0.0)
+        connected.add_metric([], 1.0 if up else 0.0)
         yield connected
         if self.tree.last_update is not None:
             last = GaugeMetricFamily(
@@ -96,7 +99,7 @@ class SysCollector(Collector):
             )
             last.add_metric([], self.tree.last_update)
             yield last
-        if self.tree.version:
+        if up and self.tree.version:
             info = InfoMetricFamily("mosquitto_broker", "The broker's version")
             info.add_metric([], {"version": self.tree.version})
             yield info
