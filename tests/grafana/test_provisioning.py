@@ -95,6 +95,16 @@ def test_prometheus_datasource_for_monitoring() -> None:
     assert ds.get("isDefault", False) is False
 
 
+def test_alertmanager_datasource_shows_alerts_and_silences() -> None:
+    ds = datasources()["alertmanager"]
+    assert ds["type"] == "alertmanager"
+    assert ds["url"] == "http://alertmanager:9093"
+    assert ds["access"] == "proxy"
+    assert ds["editable"] is False
+    # Prometheus' Alertmanager, not Mimir (Grafana's default): silences editable, routes read-only.
+    assert ds["jsonData"] == {"implementation": "prometheus", "handleGrafanaManagedAlerts": False}
+
+
 def test_dashboard_provider_reads_the_mounted_folder_and_allows_edits() -> None:
     doc = load_yaml(PROVIDERS_FILE)
     assert doc["apiVersion"] == 1

@@ -40,6 +40,7 @@ REQUIRED_PAIRS = {
     frozenset({"prometheus", "alertmanager"}),
     frozenset({"broker_exporter", "mqtt_broker"}),
     frozenset({"prometheus", "broker_exporter"}),
+    frozenset({"grafana", "alertmanager"}),  # Grafana-Alertmanager (allowed; its data source)
 }
 
 SERVICES = {
@@ -350,7 +351,7 @@ def test_grafana_reaches_its_data_sources(stack: dict[str, Any]) -> None:
         (REPO_ROOT / "grafana_db/grafana_provisioning/datasources/datasources.yml").read_text()
     )
     hosts = {urlsplit(source["url"]).hostname for source in config["datasources"]}
-    assert hosts == {"influxdb", "prometheus"}
+    assert hosts == {"influxdb", "prometheus", "alertmanager"}
     for host in hosts:
         assert shares_network(stack, "grafana", host), host
 
