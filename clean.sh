@@ -18,8 +18,9 @@ Removes everything ./run.sh created. Safe to run again.
 Swarm: the stack `iot` (its services, networks and configs), the secrets run.sh
 created, the images it built, the iot.data node label it added, the swarm itself if
 run.sh created it, and - after asking - the data volumes (InfluxDB, Grafana, MySQL,
-Mosquitto, Prometheus). Kept volumes keep their secrets in .state/swarm/secrets/, so a
-later ./run.sh starts again with the same data and passwords.
+Mosquitto, Prometheus, Alertmanager). Kept volumes keep their secrets (and the alert
+settings) in .state/swarm/secrets/, so a later ./run.sh starts again with the same data,
+passwords and alert receivers.
 
 Local mode: stops the local processes and - after asking - removes .state/local/
 (InfluxDB data, broker queue, logs).
@@ -177,7 +178,8 @@ clean_swarm() {
     docker swarm leave --force >/dev/null
     rm -f "$swarm_state/swarm-created"
   fi
-  rm -f "$swarm_state/mode"
+  # Rendered again by every ./run.sh (from the alert settings kept with the secrets).
+  rm -f "$swarm_state/mode" "$swarm_state/alertmanager.yml"
   rmdir "$swarm_state" 2>/dev/null || true
 }
 
