@@ -2,6 +2,8 @@
 # The end-to-end test: the real stack, deployed by run.sh on a real Docker engine in Swarm
 # mode, checked from the outside and from inside its containers, removed and redeployed,
 # then removed by clean.sh. Run ./tests/e2e/run_e2e.sh --help for what it does.
+# Some functions take optional arguments that only run_e2e_multinode.sh passes.
+# shellcheck disable=SC2119,SC2120
 set -Eeuo pipefail
 trap 'printf "run_e2e.sh: failed (line %s): %s\n" "$LINENO" "$BASH_COMMAND" >&2' ERR
 
@@ -51,7 +53,7 @@ EOF
 log() { printf '\n=== [%s] %s\n' "$(elapsed)" "$*"; }
 note() { printf '    %s\n' "$*"; }
 die() {
-  printf 'run_e2e.sh: %s\n' "$*" >&2
+  printf '%s: %s\n' "${0##*/}" "$*" >&2
   exit 1
 }
 elapsed() {
@@ -78,9 +80,11 @@ declare -A STAND_INS=(
 
 # --- Set-up --------------------------------------------------------------------------
 
+# install_packages [BINARY=PACKAGE...]: the e2e's Debian packages, and these ones too.
 install_packages() {
   local -A wanted=([dockerd]=docker.io [debootstrap]=debootstrap [iptables]=iptables)
-  local binary missing=()
+  local binary missing=() extra
+  for extra in "$@"; do wanted[${extra%%=*}]=${extra#*=}; done
   for binary in "${!wanted[@]}"; do
     command -v "$binary" >/dev/null 2>&1 || [[ -x /usr/sbin/$binary ]] || missing+=("${wanted[$binary]}")
   done
@@ -285,32 +289,44 @@ copy_checkout() {
 # Reject, on this host, packets from containers to the swarm's overlay address pool: a
 # probe of an address on a network the container is not attached to goes to its default
 # route (docker_gwbridge, then the host) and must fail here instead of leaving the machine.
+# guard_overlay_pool [NETNS...]: on these network namespaces (swarm nodes) instead.
 guard_overlay_pool() {
-  local pools pool
+  local pools pool netns
   pools=$(docker info --format '{{range .Swarm.Cluster.DefaultAddrPool}}{{.}} {{end}}')
   # None reported: the swarm uses Docker's built-in default pool.
-  for pool in ${pools:-10.0.0.0/8}; do
-    iptables -I DOCKER-USER -i docker_gwbridge -d "$pool" -j REJECT
-    GUARD_RULES+=("$pool")
+  for netns in "${@:--}"; do
+    for pool in ${pools:-10.0.0.0/8}; do
+      netns_iptables "$netns" -I DOCKER-USER -i docker_gwbridge -d "$pool" -j REJECT
+      GUARD_RULES+=("$netns $pool")
+    done
   done
 }
 
 unguard_overlay_pool() {
-  local pool
-  for pool in "${GUARD_RULES[@]}"; do
-    iptables -D DOCKER-USER -i docker_gwbridge -d "$pool" -j REJECT 2>/dev/null || true
+  local rule
+  for rule in "${GUARD_RULES[@]}"; do
+    netns_iptables "${rule% *}" -D DOCKER-USER -i docker_gwbridge -d "${rule#* }" -j REJECT 2>/dev/null || true
   done
   GUARD_RULES=()
 }
 
+# netns_iptables NETNS ARGS...: iptables in that network namespace (- : this one).
+netns_iptables() {
+  local netns=$1
+  shift
+  if [[ $netns == - ]]; then iptables "$@"; else nsenter --net="/run/netns/$netns" -- iptables "$@"; fi
+}
+
+# run_sh [OPTION...]: the copy's ./run.sh with these options (--secure).
 run_sh() {
   # Without CI: run.sh refuses to generate secrets when CI=true (a generated password would
   # only reach a job log); this throwaway deployment wants exactly the operator's path.
-  (cd "$COPY" && env -u CI BASE_IMAGE="$PYTHON_IMAGE" ./run.sh --timeout 600) 2>&1 | tee -a "$WORK/run.sh.log"
+  (cd "$COPY" && env -u CI BASE_IMAGE="$PYTHON_IMAGE" ./run.sh --timeout 600 "$@") 2>&1 | tee -a "$WORK/run.sh.log"
 }
 
+# checks PHASE...: tests/e2e/checks.py, run under CHECKS_PREFIX (a command, e.g. nsenter).
 checks() {
-  "$PYTHON" tests/e2e/checks.py --copy "$COPY" --work "$WORK" --probe-image "$PYTHON_IMAGE" "$@"
+  "${CHECKS_PREFIX[@]}" "$PYTHON" tests/e2e/checks.py --copy "$COPY" --work "$WORK" --probe-image "$PYTHON_IMAGE" "$@"
 }
 
 # Until the stack's services, containers and networks are gone (Swarm removes them
@@ -377,8 +393,11 @@ cleanup() {
 
 # --- Entry point ---------------------------------------------------------------------
 
-main() {
-  local timeout=2400
+# e2e_begin [OPTION...]: what every e2e script starts with. Parses the options they share
+# (the calling script's `usage` is shown), puts the whole run under its hard time limit,
+# goes to the checkout's top and sets the run's state. Exits for --help.
+e2e_begin() {
+  local timeout=2400 args=("$@")
   KEEP_WORK=false
   PURGE=false
   while (($#)); do
@@ -392,7 +411,7 @@ main() {
       --purge-cache) PURGE=true ;;
       -h | --help)
         usage
-        return 0
+        exit 0
         ;;
       *)
         usage >&2
@@ -406,7 +425,7 @@ main() {
   # The hard time limit: the whole run under `timeout`, which signals the run's whole
   # process group; the TERM trap then cleans up, and KILL follows 5 minutes later.
   if [[ -z ${IOT_E2E_LIMITED:-} ]]; then
-    IOT_E2E_LIMITED=$timeout exec timeout --kill-after=300 "$timeout" "$0" "$@"
+    IOT_E2E_LIMITED=$timeout exec timeout --kill-after=300 "$timeout" "$0" "${args[@]}"
   fi
 
   cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -423,6 +442,11 @@ main() {
   CLEANED=false
   BUILT_IMAGES=()
   GUARD_RULES=()
+  CHECKS_PREFIX=()
+}
+
+main() {
+  e2e_begin "$@"
   trap cleanup EXIT
   trap 'exit 124' TERM
   trap 'exit 130' INT
