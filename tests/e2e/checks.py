@@ -8,8 +8,21 @@ PHASE is one of
   before-removal  records every stored point, then queues messages for the stopped adapter;
   redeployed      after `docker stack rm` and ./run.sh: all of it is still there;
   cleaned         after ./clean.sh -y: nothing of the stack is left (--images: what run.sh built).
+The multi-node e2e (run_e2e_multinode.sh) runs these phases too, on its own swarm:
+  deployed-multinode  as `deployed`, with the adapter replicas on other nodes than the
+                  broker and InfluxDB, and every stateful service on the iot.data node;
+  node-loss       a worker running an adapter replica is powered off mid-stream: nothing is lost;
+  drain           `docker node update --availability drain` mid-stream: nothing is lost;
+  secure          after ./run.sh --secure: a device account publishes, a wrong password and
+                  an anonymous client are refused, the adapters store.
 Every check prints PASS or FAIL with what it saw; the exit status is 1 if any failed.
-Only containers of the stack, probe containers started here and 127.0.0.1 are contacted.
+Only containers of the stack, probe containers started here and 127.0.0.1 (or, on several
+nodes, the nodes' own addresses) are contacted.
+
+Environment (set by run_e2e_multinode.sh; unset, the stack runs on the one engine that
+DOCKER_HOST names): IOT_E2E_NODES="NAME=unix:///...sock,..." the swarm's nodes by hostname
+(the manager first) and their engines' sockets; IOT_E2E_NODES_COMMAND, the command that
+powers a node off or on (`tests/e2e/nodes.sh`).
 """
 
 from __future__ import annotations
@@ -21,8 +34,10 @@ import hashlib
 import http.cookiejar
 import io
 import json
+import os
 import re
 import secrets
+import shlex
 import socket
 import subprocess
 import sys
@@ -135,9 +150,25 @@ class Context:
 # --- Docker and polling helpers ------------------------------------------------------
 
 
-def docker(*args: str, stdin: str | None = None, timeout: float = 120, check: bool = True) -> str:
+def node_sockets() -> dict[str, str]:
+    """{node hostname: its engine's DOCKER_HOST} from IOT_E2E_NODES; empty on one node."""
+    nodes = {}
+    for entry in filter(None, os.environ.get("IOT_E2E_NODES", "").split(",")):
+        name, _, socket_url = entry.partition("=")
+        nodes[name] = socket_url
+    return nodes
+
+
+NODES = node_sockets()
+
+
+def docker(
+    *args: str, stdin: str | None = None, timeout: float = 120, check: bool = True, node: str | None = None
+) -> str:
+    """The docker CLI against the manager, or against the engine of `node` (a hostname)."""
+    env = {**os.environ, "DOCKER_HOST": NODES[node]} if node in NODES else None
     proc = subprocess.run(
-        ["docker", *args], input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+        ["docker", *args], input=stdin, capture_output=True, text=True, timeout=timeout, check=False, env=env
     )
     if check and proc.returncode != 0:
         raise CheckFailedError(
@@ -165,21 +196,74 @@ def poll(what: str, attempt: Callable[[], T], done: Callable[[T], bool], timeout
         time.sleep(1)
 
 
-def container_of(service: str) -> str:
-    """The running container of a single-replica service of the stack, on this node."""
-    found = lines(
+@dataclass(frozen=True)
+class Container:
+    """A running container of a task of the stack, and the node whose engine runs it."""
+
+    id: str
+    service: str
+    node: str
+    slot: int
+
+    def docker(self, *args: str, **kwargs: Any) -> str:
+        return docker(*args, node=self.node, **kwargs)
+
+    def exec(self, *args: str, stdin: str | None = None, timeout: float = 120) -> str:
+        interactive = ["-i"] if stdin is not None else []
+        return self.docker("exec", *interactive, self.id, *args, stdin=stdin, timeout=timeout)
+
+
+_hostnames: dict[str, str] = {}
+
+
+def hostname_of(node_id: str) -> str:
+    if node_id not in _hostnames:
+        found = docker("node", "inspect", "--format", "{{.Description.Hostname}}", node_id)
+        _hostnames[node_id] = found.strip()
+    return _hostnames[node_id]
+
+
+def containers_of(service: str) -> list[Container]:
+    """The running containers of a service of the stack, on whichever nodes run them."""
+    ids = lines(
         docker(
-            "ps",
-            "-q",
-            "--filter",
-            f"label=com.docker.swarm.service.name={STACK}_{service}",
-            "--filter",
-            "status=running",
+            "service", "ps", f"{STACK}_{service}", "--filter", "desired-state=running", "--no-trunc",
+            "--format", "{{.ID}}",
         )
-    )
+    )  # fmt: skip
+    if not ids:
+        return []
+    found = []
+    for task in json.loads(docker("inspect", "--type", "task", *ids)):
+        status = task["Status"]
+        if status["State"] == "running":
+            found.append(
+                Container(
+                    status["ContainerStatus"]["ContainerID"],
+                    service,
+                    hostname_of(task["NodeID"]),
+                    task.get("Slot", 0),
+                )
+            )
+    return sorted(found, key=lambda c: c.slot)
+
+
+def container_of(service: str) -> Container:
+    """The running container of a single-replica service of the stack."""
+    found = containers_of(service)
     if len(found) != 1:
         raise CheckFailedError(f"{STACK}_{service}: expected one running container, found {len(found)}")
     return found[0]
+
+
+def node_address(node: str) -> str:
+    return docker("node", "inspect", "--format", "{{.Status.Addr}}", node).strip()
+
+
+def published_address(service: str) -> str:
+    """Where a published port of the service answers: ports are published in host mode (see
+    stackfile.py), on the node running its task; on one node, 127.0.0.1."""
+    return node_address(container_of(service).node) if NODES else "127.0.0.1"
 
 
 def deployed_services() -> dict[str, tuple[int, int]]:
@@ -200,9 +284,7 @@ def running_services() -> list[str]:
 
 def influx_query(query: str) -> list[dict[str, Any]]:
     """InfluxQL run by the `influx` client inside the InfluxDB container (never published)."""
-    out = docker(
-        "exec",
-        container_of("influxdb"),
+    out = container_of("influxdb").exec(
         "influx",
         "-database",
         DATABASE,
@@ -236,9 +318,7 @@ def counts_by_series(prefix: str) -> dict[str, dict[str, int]]:
 
 def dump_points(pattern: str) -> tuple[int, str]:
     """Every stored point of the measurements matching the regex: (how many, SHA-256 of all)."""
-    out = docker(
-        "exec",
-        container_of("influxdb"),
+    out = container_of("influxdb").exec(
         "influx",
         "-database",
         DATABASE,
@@ -254,27 +334,52 @@ def dump_points(pattern: str) -> tuple[int, str]:
     return len(rows), digest
 
 
+class Simulator:
+    """The simulator image as a device on the network: a container on the host network of
+    the manager's engine, publishing to the broker's published port 1883 (on one node,
+    127.0.0.1; on several, the address of the node running the broker)."""
+
+    def __init__(self, ctx: Context, name: str, *args: str, files: dict[str, str] | None = None) -> None:
+        """Starts it with these options; `files` are written to its /out folder first."""
+        self.out_dir = ctx.work / "simulator" / name
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.out_dir.chmod(0o777)  # the image runs as its own non-root user
+        for file_name, content in (files or {}).items():
+            (self.out_dir / file_name).write_text(content, encoding="utf-8")
+            (self.out_dir / file_name).chmod(0o644)
+        self.proc = subprocess.Popen(
+            [
+                "docker", "run", "--rm", "--network", "host", "--label", f"{PROBE_LABEL}=simulator",
+                "-v", f"{self.out_dir}:/out", ctx.simulator_image,
+                "--host", published_address("mqtt_broker"), "--port", "1883", "--locations", LOCATION,
+                "--quiet", "--summary-json", "/out/summary.json", *args,
+            ],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def exit_status(self, timeout: float = 300) -> tuple[int, str]:
+        try:
+            _, stderr = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+            raise CheckFailedError(f"the simulator did not finish within {timeout:.0f}s") from None
+        return self.proc.returncode, stderr
+
+    def summary(self, timeout: float = 300) -> dict[str, Any]:
+        """Its JSON summary, once every message it sent was acknowledged by the broker."""
+        status, stderr = self.exit_status(timeout)
+        if status != 0:
+            raise CheckFailedError(f"the simulator exited with {status}: {stderr.strip()[-800:]}")
+        summary: dict[str, Any] = json.loads((self.out_dir / "summary.json").read_text(encoding="utf-8"))
+        if not summary["complete"] or summary["messages_acked"] != summary["messages_sent"]:
+            raise CheckFailedError(f"the broker did not acknowledge every message: {summary}")
+        return summary
+
+
 def run_simulator(ctx: Context, name: str, *args: str) -> dict[str, Any]:
-    """The simulator image on the host's network: it publishes to port 1883 of this node,
-    the broker's published port. Returns its JSON summary."""
-    out_dir = ctx.work / "simulator" / name
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out_dir.chmod(0o777)  # the image runs as its own non-root user
-    proc = subprocess.run(
-        [
-            "docker", "run", "--rm", "--network", "host", "--label", f"{PROBE_LABEL}=simulator",
-            "-v", f"{out_dir}:/out", ctx.simulator_image,
-            "--host", "127.0.0.1", "--port", "1883", "--locations", LOCATION, "--quiet",
-            "--summary-json", "/out/summary.json", *args,
-        ],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        raise CheckFailedError(f"the simulator exited with {proc.returncode}: {proc.stderr.strip()[-800:]}")
-    summary: dict[str, Any] = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
-    if not summary["complete"] or summary["messages_acked"] != summary["messages_sent"]:
-        raise CheckFailedError(f"the broker did not acknowledge every message: {summary}")
-    return summary
+    """Runs the simulator to its end (see Simulator); returns its JSON summary."""
+    return Simulator(ctx, name, *args).summary()
 
 
 def http_probe(ctx: Context, network: str, base_url: str, steps: list[dict[str, Any]]) -> dict[str, Any]:
@@ -295,11 +400,11 @@ def expect_status(results: dict[str, Any], name: str, status: int) -> Any:
     return seen["body"]
 
 
-def metrics_of(service: str, port: int) -> str:
-    """A service's Prometheus text, fetched from inside its own container."""
+def metrics_of(container: Container, port: int) -> str:
+    """A container's Prometheus text, fetched from inside it."""
     url = f"http://127.0.0.1:{port}/metrics"
     fetch = f"import urllib.request as u; print(u.urlopen({url!r}, timeout=10).read().decode())"
-    return docker("exec", container_of(service), "python3", "-c", fetch)
+    return container.exec("python3", "-c", fetch)
 
 
 def metric_values(text: str, name: str) -> dict[str, float]:
@@ -312,16 +417,16 @@ def metric_values(text: str, name: str) -> dict[str, float]:
 
 def prometheus_query(query: str) -> list[dict[str, Any]]:
     url = "http://127.0.0.1:9090/api/v1/query?" + urllib.parse.urlencode({"query": query})
-    out = docker("exec", container_of("prometheus"), "wget", "-q", "-O", "-", url)
+    out = container_of("prometheus").exec("wget", "-q", "-O", "-", url)
     answer = json.loads(out)
     if answer.get("status") != "success":
         raise CheckFailedError(f"Prometheus refused {query!r}: {answer}")
     return answer["data"]["result"]
 
 
-def tcp_open(host: str, port: int) -> bool:
+def tcp_open(host: str, port: int | str) -> bool:
     try:
-        with socket.create_connection((host, port), timeout=5):
+        with socket.create_connection((host, int(port)), timeout=5):
             return True
     except OSError:
         return False
@@ -345,7 +450,9 @@ def check_services_running(ctx: Context) -> str:
     if short:
         raise CheckFailedError(f"running/desired tasks: {short}")
     for service in running_services():
-        container_of(service)
+        found = len(containers_of(service))
+        if found != services[service][0]:
+            raise CheckFailedError(f"{service}: {found} running containers for {services[service][0]} tasks")
     idle = [name for name, (_, desired) in services.items() if not desired]
     return (
         f"{', '.join(running_services())} each run their task; {', '.join(idle) or 'none'} at 0 replicas "
@@ -366,10 +473,11 @@ def check_published_ports(ctx: Context) -> str:
     wanted = {service: [port] for service, port in PUBLISHED.items()}
     if published != wanted:
         raise CheckFailedError(f"published ports {published}, expected exactly {wanted}")
-    closed = [port for port in PUBLISHED.values() if not tcp_open("127.0.0.1", port)]
+    where = {service: f"{published_address(service)}:{port}" for service, port in PUBLISHED.items()}
+    closed = [at for at in where.values() if not tcp_open(*at.rsplit(":", 1))]
     if closed:
-        raise CheckFailedError(f"nothing answers on 127.0.0.1 port(s) {closed}")
-    return f"exactly {pretty(wanted)}, and both answer on 127.0.0.1"
+        raise CheckFailedError(f"nothing answers on {closed}")
+    return f"exactly {pretty(wanted)}, and each answers ({', '.join(where.values())})"
 
 
 def check_influx_init_script(ctx: Context) -> str:
@@ -397,7 +505,8 @@ def check_simulator_to_influxdb(ctx: Context) -> str:
         raise CheckFailedError(f"InfluxDB holds {pretty(stored)}, the simulator sent {pretty(expected)}")
     ctx.save_state(simulated=summary)
     return (
-        f"{summary['messages_sent']} messages on 127.0.0.1:1883 ({summary['malformed_total']} malformed, "
+        f"{summary['messages_sent']} messages on {published_address('mqtt_broker')}:1883 "
+        f"({summary['malformed_total']} malformed, "
         f"{summary['backlog_messages']} backlog arrays) -> all {summary['values']} values stored, "
         f"per series and metric"
     )
@@ -405,20 +514,28 @@ def check_simulator_to_influxdb(ctx: Context) -> str:
 
 def check_adapter_metrics(ctx: Context) -> str:
     summary = ctx.need("simulated")
-    text = metrics_of("adapter", PORTS["adapter"])
-    rejected = {
-        re.search(r'reason="([^"]+)"', labels).group(1): int(value)  # type: ignore[union-attr]
-        for labels, value in metric_values(text, "adapter_messages_rejected_total").items()
-        if value
-    }
+    # Replicas on a shared subscription each see a part: together they saw everything once.
+    adapters = containers_of("adapter")
+    texts = [metrics_of(adapter, PORTS["adapter"]) for adapter in adapters]
+    rejected: dict[str, int] = {}
+    for text in texts:
+        for labels, value in metric_values(text, "adapter_messages_rejected_total").items():
+            reason = re.search(r'reason="([^"]+)"', labels).group(1)  # type: ignore[union-attr]
+            rejected[reason] = rejected.get(reason, 0) + int(value)
+    rejected = {reason: n for reason, n in rejected.items() if n}
     if rejected != summary["malformed"]:
         raise CheckFailedError(
             f"adapter_messages_rejected_total {rejected}, the simulator sent {summary['malformed']}"
         )
-    written = sum(metric_values(text, "adapter_points_written_total").values())
-    if written < summary["values"]:
-        raise CheckFailedError(f"adapter_points_written_total {written} < {summary['values']} values sent")
-    return f"rejected by reason {pretty(rejected)} as sent; {written:.0f} points written"
+    written = [sum(metric_values(text, "adapter_points_written_total").values()) for text in texts]
+    if sum(written) < summary["values"]:
+        raise CheckFailedError(f"adapter_points_written_total {sum(written)} < {summary['values']} sent")
+    if len(adapters) > 1 and not all(written):
+        raise CheckFailedError(f"points written per replica {written}: one of them took no part")
+    shares = f" ({' + '.join(f'{w:.0f}' for w in written)} by {len(adapters)} replicas)"
+    return f"rejected by reason {pretty(rejected)} as sent; {sum(written):.0f} points written" + (
+        shares if len(adapters) > 1 else ""
+    )
 
 
 def auth_steps(ctx: Context, device_password: str) -> list[dict[str, Any]]:
@@ -528,7 +645,7 @@ def check_prometheus(ctx: Context) -> str:
 
 
 def check_phpmyadmin(ctx: Context) -> str:
-    base = f"http://127.0.0.1:{PUBLISHED['phpmyadmin']}"
+    base = f"http://{published_address('phpmyadmin')}:{PUBLISHED['phpmyadmin']}"
 
     def login(password: str) -> str:
         jar = http.cookiejar.CookieJar()
@@ -554,7 +671,7 @@ def check_phpmyadmin(ctx: Context) -> str:
     if "Access denied" not in refused:
         raise CheckFailedError("a wrong MySQL password was not refused")
     return (
-        f"logged in through 127.0.0.1:{PUBLISHED['phpmyadmin']} as auth_server, sees iot_accounts on "
+        f"logged in through {base.removeprefix('http://')} as auth_server, sees iot_accounts on "
         f"{version.group(1).strip() if version else 'MySQL'}; a wrong password is refused"
     )
 
@@ -575,7 +692,10 @@ def check_stack_simulator(ctx: Context) -> str:
     tasks = poll("simulator task", lambda: deployed_services()["simulator"], lambda t: t == (1, 1), 120)
     if tasks != (1, 1):
         raise CheckFailedError(f"the stack's simulator runs {tasks[0]} of {tasks[1]} tasks after 120s")
-    ctx.save_state(stack_simulator_before=sum(before.values()), stack_simulator=container_of("simulator"))
+    simulator = container_of("simulator")
+    ctx.save_state(
+        stack_simulator_before=sum(before.values()), stack_simulator=[simulator.id, simulator.node]
+    )
 
     # Its 10 devices publish once a second each: new points of each are the proof it runs.
     def grown(counts: dict[str, int]) -> bool:
@@ -590,13 +710,15 @@ def check_stack_simulator(ctx: Context) -> str:
 
 
 def check_stack_simulator_summary(ctx: Context) -> str:
-    container = ctx.need("stack_simulator")
-    if container_of("simulator") != container:
+    container, node = ctx.need("stack_simulator")
+    if container_of("simulator").id != container:
         raise CheckFailedError("the stack's simulator was restarted while it ran")
     # Scaled to 0, Swarm removes the task with its log: follow the log while it stops.
+    env = {**os.environ, "DOCKER_HOST": NODES[node]} if node in NODES else None
     follow = subprocess.Popen(
-        ["docker", "logs", "--follow", container], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+        ["docker", "logs", "--follow", container],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
     try:
         # Not --detach=false: that also waits out the service's 60 s update monitor.
         docker("service", "scale", "--detach=true", f"{SIMULATOR}=0")
@@ -623,11 +745,11 @@ def check_stack_simulator_summary(ctx: Context) -> str:
     return f"scaled to 0, it drained: {sent.group(1)} messages, all acked; all {expected} values stored"
 
 
-def container_addresses(container: str) -> dict[str, str]:
+def container_addresses(container: Container) -> dict[str, str]:
     """{network name: IPv4 address} of a container, its docker_gwbridge address included."""
-    info = json.loads(docker("inspect", container))[0]
+    info = json.loads(container.docker("inspect", container.id))[0]
     addresses = {name: net["IPAddress"] for name, net in info["NetworkSettings"]["Networks"].items()}
-    bridge = json.loads(docker("network", "inspect", "docker_gwbridge"))[0]
+    bridge = json.loads(container.docker("network", "inspect", "docker_gwbridge"))[0]
     for endpoint_id, endpoint in bridge.get("Containers", {}).items():
         if endpoint_id == info["Id"] and endpoint.get("IPv4Address"):
             addresses["docker_gwbridge"] = endpoint["IPv4Address"].split("/")[0]
@@ -644,9 +766,9 @@ wait
 """
 
 
-def probe_from(container: str, targets: Iterable[tuple[str, int]]) -> dict[tuple[str, int], bool]:
+def probe_from(container: Container, targets: Iterable[tuple[str, int]]) -> dict[tuple[str, int], bool]:
     stdin = "".join(f"{host} {port}\n" for host, port in targets)
-    out = docker("exec", "-i", container, "bash", "-c", PROBE_SCRIPT, stdin=stdin, timeout=60)
+    out = container.exec("bash", "-c", PROBE_SCRIPT, stdin=stdin, timeout=60)
     found = {}
     for line in lines(out):
         host, port, state = line.split()
@@ -655,47 +777,56 @@ def probe_from(container: str, targets: Iterable[tuple[str, int]]) -> dict[tuple
 
 
 def check_network_isolation(ctx: Context) -> str:
-    services = running_services()
-    containers = {service: container_of(service) for service in services}
-    addresses = {service: container_addresses(containers[service]) for service in services}
-    plans: dict[str, dict[tuple[str, int], tuple[bool, str]]] = {}
-    for source in services:
+    # Every container of every running service (all replicas, on whichever node).
+    members = [c for service in running_services() for c in containers_of(service)]
+    addresses = {c: container_addresses(c) for c in members}
+    plans: dict[Container, dict[tuple[str, int], tuple[bool, str]]] = {}
+    crossing = 0
+    for source in members:
         plan: dict[tuple[str, int], tuple[bool, str]] = {}
         own_networks = set(addresses[source])
-        for target in services:
-            if target == source or target not in PORTS:  # the simulator listens on nothing
+        for target in members:
+            # The simulator listens on nothing; replicas of one service are not a pair.
+            if target.service == source.service or target.service not in PORTS:
                 continue
-            port = PORTS[target]
-            allowed = frozenset((source, target)) in ALLOWED_PAIRS
-            plan[(target, port)] = (allowed, f"{target}:{port} by name")
+            port = PORTS[target.service]
+            allowed = frozenset((source.service, target.service)) in ALLOWED_PAIRS
+            plan[(target.service, port)] = (allowed, f"{target.service}:{port} by name")
             for network, ip in addresses[target].items():
                 # Reachable only over a network both are attached to, and only if allowed.
                 shared = network in own_networks and network != "docker_gwbridge"
-                plan[(ip, port)] = (allowed and shared, f"{target}:{port} at {ip} ({network})")
+                where = f" on {target.node}" if NODES else ""
+                plan[(ip, port)] = (allowed and shared, f"{target.service}:{port} at {ip} ({network}{where})")
+                crossing += target.node != source.node
         plans[source] = plan
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=len(services)) as pool:
-        seen = dict(
-            zip(services, pool.map(lambda s: probe_from(containers[s], plans[s]), services), strict=True)
-        )
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(members)) as pool:
+        seen = dict(zip(members, pool.map(lambda c: probe_from(c, plans[c]), members), strict=True))
     wrong = []
-    for source in services:
+    for source in members:
         for target, (expected, what) in plans[source].items():
             if seen[source].get(target) != expected:
                 state = {True: "reachable", False: "unreachable", None: "not probed"}[
                     seen[source].get(target)
                 ]
+                origin = f"{source.service} (on {source.node})" if NODES else source.service
                 wrong.append(
-                    f"{source} -> {what}: {state}, expected {'reachable' if expected else 'unreachable'}"
+                    f"{origin} -> {what}: {state}, expected {'reachable' if expected else 'unreachable'}"
                 )
     if wrong:
         raise CheckFailedError("\n  " + "\n  ".join(wrong))
     probes = sum(len(plan) for plan in plans.values())
     reachable = sorted(
-        f"{s}->{t}" for s in services for (t, _), (ok, what) in plans[s].items() if ok and "by name" in what
+        {
+            f"{s.service}->{t}"
+            for s in members
+            for (t, _), (ok, what) in plans[s].items()
+            if ok and "by name" in what
+        }
     )
+    nodes = f", {crossing} of them to a container on another node" if NODES else ""
     return (
-        f"{probes} TCP connects from {len(services)} containers as the contract says; "
+        f"{probes} TCP connects from {len(members)} containers as the contract says{nodes}; "
         f"reachable: {', '.join(reachable)}"
     )
 
@@ -715,12 +846,7 @@ def check_record_points(ctx: Context) -> str:
 
 def check_queue_for_stopped_adapter(ctx: Context) -> str:
     docker("service", "scale", "--detach=true", f"{STACK}_adapter=0")
-    gone = poll(
-        "adapter stopped",
-        lambda: lines(docker("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={STACK}_adapter")),
-        lambda ids: not ids,
-        120,
-    )
+    gone = poll("adapter stopped", lambda: containers_of("adapter"), lambda found: not found, 120)
     if gone:
         raise CheckFailedError("the adapter's container did not go away")
     summary = run_simulator(
@@ -845,6 +971,300 @@ def check_nothing_left(ctx: Context, images: list[str]) -> str:
     )
 
 
+# --- Several nodes (run_e2e_multinode.sh) --------------------------------------------
+
+DATA_LABEL = "iot.data"
+
+
+def nodes_command(*args: str) -> None:
+    """Powers a node off or on through the harness (IOT_E2E_NODES_COMMAND, e.g. nodes.sh)."""
+    command = shlex.split(os.environ.get("IOT_E2E_NODES_COMMAND", ""))
+    if not command:
+        raise CheckFailedError("IOT_E2E_NODES_COMMAND is not set: run this phase from run_e2e_multinode.sh")
+    proc = subprocess.run([*command, *args], capture_output=True, text=True, timeout=300, check=False)
+    if proc.returncode != 0:
+        raise CheckFailedError(f"{' '.join(command + list(args))}: {(proc.stderr or proc.stdout).strip()}")
+
+
+@dataclass(frozen=True)
+class Node:
+    hostname: str
+    state: str
+    availability: str
+    labels: dict[str, str]
+
+
+def swarm_nodes() -> dict[str, Node]:
+    ids = lines(docker("node", "ls", "-q"))
+    found = {}
+    for node in json.loads(docker("node", "inspect", *ids)):
+        hostname = node["Description"]["Hostname"]
+        labels = node["Spec"].get("Labels") or {}
+        found[hostname] = Node(hostname, node["Status"]["State"], node["Spec"]["Availability"], labels)
+    return found
+
+
+def data_node() -> str:
+    found = [n.hostname for n in swarm_nodes().values() if n.labels.get(DATA_LABEL) == "true"]
+    if len(found) != 1:
+        raise CheckFailedError(f"nodes labelled {DATA_LABEL}=true: {found}, expected exactly one")
+    return found[0]
+
+
+def pinned_services(ctx: Context) -> list[str]:
+    """The services stack.yml keeps on the node labelled iot.data=true (the stateful ones)."""
+    import yaml
+
+    stack = yaml.safe_load((ctx.copy / "stack.yml").read_text(encoding="utf-8"))
+    return sorted(
+        name
+        for name, service in stack["services"].items()
+        if f"node.labels.{DATA_LABEL} == true"
+        in ((service.get("deploy") or {}).get("placement") or {}).get("constraints", [])
+    )
+
+
+def stack_containers_on(node: str) -> list[str]:
+    """Running containers of the stack on one node's engine (whatever the manager thinks)."""
+    return lines(docker("ps", "-q", "--filter", f"label={NAMESPACE_LABEL}", node=node))
+
+
+def adapters_placement() -> dict[int, str]:
+    """{task slot: node} of the running adapter replicas."""
+    return {c.slot: c.node for c in containers_of("adapter")}
+
+
+def check_placement(ctx: Context) -> str:
+    data = data_node()
+    wrong = {
+        service: c.node for service in pinned_services(ctx) for c in containers_of(service) if c.node != data
+    }
+    if wrong:
+        raise CheckFailedError(f"stateful services off the {DATA_LABEL} node {data}: {wrong}")
+    adapters = adapters_placement()
+    replicas = deployed_services()["adapter"][1]
+    if len(adapters) != replicas or len(set(adapters.values())) != replicas:
+        raise CheckFailedError(f"adapter replicas by slot {adapters}: expected {replicas} on as many nodes")
+    broker, influxdb = container_of("mqtt_broker").node, container_of("influxdb").node
+    if {broker, influxdb} & set(adapters.values()):
+        raise CheckFailedError(
+            f"adapter replicas {adapters} share a node with the broker ({broker}) or InfluxDB ({influxdb})"
+        )
+    # Images reach the other nodes through the registry only (IOT_REGISTRY): the adapter's is
+    # there, pulled under the registry's name.
+    image = docker(
+        "service", "inspect", "--format", "{{.Spec.TaskTemplate.ContainerSpec.Image}}", f"{STACK}_adapter"
+    ).strip()
+    for node in set(adapters.values()):
+        pulled = lines(docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", node=node))
+        if image.split("@", 1)[0] not in pulled:
+            raise CheckFailedError(f"{node} runs an adapter but has no image {image} ({pulled})")
+    return (
+        f"{', '.join(pinned_services(ctx))} on {data} (labelled {DATA_LABEL}=true); adapter replicas "
+        + ", ".join(f"slot {slot} on {node}" for slot, node in sorted(adapters.items()))
+        + f", pulled from {image.split('/', 1)[0]}"
+    )
+
+
+@dataclass
+class Stream:
+    """A simulator publishing steadily for about a minute, under a station prefix of its own."""
+
+    ctx: Context
+    prefix: str
+    devices: int = 8
+    rate: int = 5
+    count: int = 2400
+
+    def __post_init__(self) -> None:
+        self.simulator = Simulator(
+            self.ctx, self.prefix.rstrip("-"), "--devices", str(self.devices),
+            "--station-prefix", self.prefix, "--rate", str(self.rate), "--count", str(self.count),
+            "--seed", "16",
+        )  # fmt: skip
+
+    def stored(self) -> int:
+        return sum(sum(metrics.values()) for metrics in counts_by_series(self.prefix).values())
+
+    def wait_mid_stream(self) -> int:
+        """Until some of its values are stored (the pipeline runs); fails if it already ended."""
+        stored = poll(f"{self.prefix} values stored", self.stored, lambda n: n >= 100, 120)
+        if stored < 100 or self.simulator.proc.poll() is not None:
+            raise CheckFailedError(
+                f"not mid-stream: {stored} values stored, simulator ended: {self.simulator.proc.poll()}"
+            )
+        return stored
+
+    def all_stored(self, timeout: float) -> tuple[dict[str, Any], float]:
+        """(the simulator's summary, seconds from its end until InfluxDB held every value)."""
+        summary = self.simulator.summary()
+        ended = time.monotonic()
+        expected = summary["series"]
+        stored = poll(
+            f"{self.prefix} values", lambda: counts_by_series(self.prefix), lambda c: c == expected, timeout
+        )
+        if stored != expected:
+            missing = summary["values"] - sum(sum(m.values()) for m in stored.values())
+            raise CheckFailedError(f"{missing} of {summary['values']} values missing after {timeout:.0f}s")
+        return summary, time.monotonic() - ended
+
+
+def received_by(container: Container) -> float:
+    return sum(
+        metric_values(metrics_of(container, PORTS["adapter"]), "adapter_messages_received_total").values()
+    )
+
+
+def check_node_loss(ctx: Context) -> str:
+    adapters = containers_of("adapter")
+    if len(adapters) < 2:
+        raise CheckFailedError(f"needs two adapter replicas, found {len(adapters)}")
+    lost, survivor = adapters[0], adapters[1]
+    survivor_before = received_by(survivor)
+    stream = Stream(ctx, "loss-")
+    at_loss = stream.wait_mid_stream()
+    nodes_command("power-off", lost.node)
+    powered_off = time.monotonic()
+
+    def replaced() -> dict[int, str]:
+        return adapters_placement() if swarm_nodes()[lost.node].state == "down" else {}
+
+    placement = poll(
+        "the lost replica replaced", replaced, lambda p: p.get(lost.slot, lost.node) != lost.node, 180
+    )
+    if placement.get(lost.slot, lost.node) == lost.node:
+        raise CheckFailedError(
+            f"slot {lost.slot} was not rescheduled off {lost.node} within 180s: {placement}"
+        )
+    rescheduled_s = time.monotonic() - powered_off
+    still_running = stream.simulator.proc.poll() is None
+    summary, lag_s = stream.all_stored(240)
+    messages = summary["messages_sent"]
+    survivor_got = received_by(survivor) - survivor_before
+    ctx.save_state(lost_node=lost.node)
+    during = " while the stream went on" if still_running else ""
+    return (
+        f"{lost.node} (adapter slot {lost.slot}) powered off after {at_loss} values; slot {lost.slot} "
+        f"ran again on {placement[lost.slot]} {rescheduled_s:.0f}s later{during}; all {summary['values']} "
+        f"values of {messages} messages stored ({lag_s:.0f}s after the last was sent). The surviving "
+        f"replica on {survivor.node} received {survivor_got:.0f} of them ({survivor_got / messages:.0%}): "
+        "the broker kept queuing the lost replica's share for its session, and the rescheduled task "
+        "(same slot, same client id) took it over"
+    )
+
+
+def check_node_back(ctx: Context) -> str:
+    node = ctx.need("lost_node")
+    started = time.monotonic()
+    nodes_command("start", node)
+    state = poll("node ready", lambda: swarm_nodes()[node].state, lambda s: s == "ready", 180)
+    if state != "ready":
+        raise CheckFailedError(f"{node} is {state} 180s after its engine started again")
+    # Its old tasks were rescheduled elsewhere: the manager has the node shut them down.
+    left = poll("stale tasks gone", lambda: stack_containers_on(node), lambda found: not found, 120)
+    if left:
+        raise CheckFailedError(f"{node} still runs {len(left)} containers of the stack")
+    check_services_running(ctx)
+    return (
+        f"{node} powered on: back in the swarm as the same node, ready after "
+        f"{time.monotonic() - started:.0f}s, its stale tasks shut down; every service runs its tasks"
+    )
+
+
+def check_drain(ctx: Context) -> str:
+    placement = adapters_placement()
+    # The worker running most adapter replicas (after a node loss: all of them).
+    node = max(set(placement.values()), key=list(placement.values()).count)
+    before = {c.service for service in running_services() for c in containers_of(service) if c.node == node}
+    stream = Stream(ctx, "drain-")
+    at_drain = stream.wait_mid_stream()
+    docker("node", "update", "--availability", "drain", node)
+    try:
+        left = poll("drained", lambda: stack_containers_on(node), lambda found: not found, 180)
+        if left:
+            raise CheckFailedError(f"{node} still runs {len(left)} containers of the stack after 180s")
+        moved = poll("adapters rescheduled", adapters_placement, lambda p: len(p) == len(placement), 180)
+        if len(moved) != len(placement) or node in moved.values():
+            raise CheckFailedError(f"adapter replicas after the drain: {moved}")
+        summary, lag_s = stream.all_stored(240)
+        check_services_running(ctx)
+    finally:
+        docker("node", "update", "--availability", "active", node)
+    now = ", ".join(f"slot {slot} on {n}" for slot, n in sorted(moved.items()))
+    return (
+        f"{node} drained after {at_drain} values: its tasks ({', '.join(sorted(before))}) moved, "
+        f"adapters now {now}; all {summary['values']} values stored ({lag_s:.0f}s after the last was "
+        f"sent); {node} active again"
+    )
+
+
+SECURE_STATION = "secure-1"
+
+
+def check_secure_device_publishes(ctx: Context) -> str:
+    password = secrets.token_hex(16)
+    admin = {"username": "admin", "password": ctx.secret("auth_admin_password")}
+    steps = [
+        {"name": "admin", "method": "POST", "path": "/api/auth/login", "json": admin},
+        {"name": "create", "method": "POST", "path": "/api/accounts", "auth": "admin", "json": {
+            "username": "e2e-secure", "password": password, "role": "device",
+            "permissions": [{"location": LOCATION, "station": SECURE_STATION, "read": True, "write": True}]}},
+    ]  # fmt: skip
+    results = http_probe(ctx, "kong_auth", f"http://auth_server:{PORTS['auth_server']}", steps)
+    expect_status(results, "admin", 200)
+    expect_status(results, "create", 201)
+    ctx.save_state(secure_password=password)
+    summary = Simulator(
+        ctx, "secure", "--devices", "1", "--station-prefix", SECURE_STATION.removesuffix("1"),
+        "--count", "200", "--rate", "0", "--username", "e2e-secure", "--password-file", "/out/password",
+        files={"password": password},
+    ).summary()  # fmt: skip
+    if summary["messages_refused"]:
+        raise CheckFailedError(
+            f"the broker refused some of the device's messages: {summary['messages_refused']}"
+        )
+    expected = summary["series"]
+    stored = poll("secure values", lambda: counts_by_series(SECURE_STATION), lambda c: c == expected, 90)
+    if stored != expected:
+        raise CheckFailedError(f"InfluxDB holds {pretty(stored)}, the device sent {pretty(expected)}")
+    connected = [
+        metric_values(metrics_of(a, PORTS["adapter"]), "adapter_mqtt_connected")
+        for a in containers_of("adapter")
+    ]
+    if not connected or any(values.get("") != 1.0 for values in connected):
+        raise CheckFailedError(f"adapter_mqtt_connected per replica: {connected}")
+    return (
+        f"account e2e-secure created through the auth server; it published {summary['messages_sent']} "
+        f"messages as {LOCATION}/{SECURE_STATION}, all acked, all {summary['values']} values stored by "
+        f"{len(connected)} adapter replicas logged in to the broker"
+    )
+
+
+def check_secure_refuses_strangers(ctx: Context) -> str:
+    password = ctx.need("secure_password")
+    seen = {}
+    for name, args, files in [
+        (
+            "wrong password",
+            ["--username", "e2e-secure", "--password-file", "/out/password"],
+            {"password": "not-" + password},
+        ),
+        ("no account", [], {}),
+    ]:
+        simulator = Simulator(
+            ctx, f"secure-{name.replace(' ', '-')}", "--devices", "1", "--station-prefix", "stranger-",
+            "--count", "5", "--rate", "0", "--connect-timeout", "5", *args, files=files,
+        )  # fmt: skip
+        status, stderr = simulator.exit_status(120)
+        # Exit status 3: the broker refused the connection (README, simulator).
+        if status != 3:
+            raise CheckFailedError(f"{name}: the simulator exited with {status}, expected 3: {stderr[-500:]}")
+        seen[name] = stderr.strip().splitlines()[-1] if stderr.strip() else "refused"
+    if counts_by_series("stranger-"):
+        raise CheckFailedError("values of a refused client reached InfluxDB")
+    return "; ".join(f"{name}: refused ({why})" for name, why in seen.items()) + "; nothing of theirs stored"
+
+
 # --- Runner --------------------------------------------------------------------------
 
 PHASES: dict[str, list[Callable[[Context], str]]] = {
@@ -861,6 +1281,23 @@ PHASES: dict[str, list[Callable[[Context], str]]] = {
         check_network_isolation,
         check_stack_simulator_summary,
     ],
+    "deployed-multinode": [
+        check_services_running,
+        check_placement,
+        check_published_ports,
+        check_influx_init_script,
+        check_simulator_to_influxdb,
+        check_adapter_metrics,
+        check_auth_server,
+        check_prometheus,
+        check_phpmyadmin,
+        check_stack_simulator,
+        check_network_isolation,
+        check_stack_simulator_summary,
+    ],
+    "node-loss": [check_node_loss, check_node_back],
+    "drain": [check_drain],
+    "secure": [check_services_running, check_secure_device_publishes, check_secure_refuses_strangers],
     "before-removal": [check_record_points, check_queue_for_stopped_adapter],
     "redeployed": [
         check_services_running_again,
