@@ -202,6 +202,16 @@ def test_stateful_services_stay_on_the_data_node_and_never_overlap(stack: dict[s
         assert int(deploy.get("replicas", 1)) == 1
 
 
+def test_adapter_replicas_may_run_on_any_node_not_labelled_against_them(stack: dict[str, Any]) -> None:
+    placement = stack["services"]["adapter"]["deploy"]["placement"]
+    # Not pinned to the data node (replicas spread over the swarm), kept off a node only by
+    # the operator's label; never capped per node, so a lost node's replica can start on a
+    # node that runs one already (else its shared-subscription share waits in the broker).
+    assert placement["constraints"] == ["node.labels.iot.adapter != false"]
+    assert "max_replicas_per_node" not in placement
+    assert "preferences" not in placement
+
+
 @pytest.mark.parametrize("name", sorted(SERVICES))
 def test_config_files_exist(stack: dict[str, Any], name: str) -> None:
     for ref in stack["services"][name].get("configs") or []:
