@@ -257,6 +257,18 @@ ensure_data_node() {
   echo "$node" >"$SWARM_STATE/labelled-node"
 }
 
+# Images run.sh builds exist only on this node: on a swarm of several nodes, the others can
+# run the project's services only if the images are in a registry they pull from.
+check_registry_for_swarm() {
+  local nodes
+  nodes=$(docker node ls -q | wc -l)
+  ((nodes > 1)) && [[ -z ${IOT_REGISTRY:-} ]] || return 0
+  [[ -n ${ADAPTER_IMAGE:-} && -n ${AUTH_SERVER_IMAGE:-} && -n ${SIMULATOR_IMAGE:-} ]] && return 0
+  die "this swarm has $nodes nodes, and the images run.sh builds would exist on this one only.
+  Name a registry every node can pull from: IOT_REGISTRY=registry.example.com:5000/iot ./run.sh
+  (or pass prebuilt images: ADAPTER_IMAGE, AUTH_SERVER_IMAGE, SIMULATOR_IMAGE)"
+}
+
 # build_image NAME DOCKERFILE VARIABLE CONTEXT_PATH... : builds NAME from exactly the
 # given paths (sent as the build context, so nothing else of the checkout goes in) and
 # tags it with the project version and a hash of those paths; exports VARIABLE=image.
@@ -321,6 +333,23 @@ ensure_secrets() {
     local entry
     for entry in "${created[@]}"; do note "${entry%%=*}: ${entry#*=}"; done
   fi
+}
+
+# Scaling the adapter down on a shared subscription leaves the removed slots' broker sessions
+# behind: Mosquitto keeps giving each of them its share of the messages, queued (never lost)
+# until that slot runs again. Said before the deploy, with the way back.
+note_adapter_scale_down() {
+  local running wanted=${ADAPTER_REPLICAS:-1}
+  running=$(docker service inspect --format '{{.Spec.Mode.Replicated.Replicas}}' "${STACK}_adapter" 2>/dev/null) ||
+    return 0
+  [[ $running =~ ^[0-9]+$ && $wanted =~ ^[0-9]+$ ]] && ((wanted < running)) || return 0
+  [[ ${ADAPTER_MQTT_TOPIC:-#} == \$share/* ]] || return 0
+  local slots="slots $((wanted + 1))-$running"
+  ((wanted + 1 == running)) && slots="slot $running"
+  log "Note: the adapter goes from $running replicas to $wanted on a shared subscription."
+  note "The broker keeps the session of $slots and goes on queuing its share of the devices'"
+  note "messages; they are stored when that slot runs again: ADAPTER_REPLICAS=$running ./run.sh"
+  note "(README: The adapter, Scaling out)."
 }
 
 deploy_stack() {
@@ -449,6 +478,7 @@ swarm_mode() {
   chmod 700 "$STATE_DIR" "$SWARM_STATE"
   ensure_swarm
   ensure_data_node
+  check_registry_for_swarm
   # The auth server imports the adapter's message contract: its context holds both.
   build_image adapter adapter/Dockerfile ADAPTER_IMAGE adapter
   build_image auth-server auth_server/Dockerfile AUTH_SERVER_IMAGE auth_server adapter
@@ -466,6 +496,7 @@ swarm_mode() {
   if [[ $previous_mode == secure && $SECURE != true ]]; then
     log "Note: the broker was in secure mode; this run switches it back to open (./run.sh --secure keeps it)"
   fi
+  note_adapter_scale_down
   deploy_stack
   mode_name >"$SWARM_STATE/mode"
   wait_until_converged

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,62 @@ def run_sh_environment(secure: bool) -> dict[str, str]:
     return {
         k: v for k, v in env.items() if k.endswith("_HASH") or k in ("MOSQUITTO_CONF_FILE", "MQTT_SECURE")
     }
+
+
+@pytest.mark.parametrize(
+    ("nodes", "env", "refused"),
+    [
+        (1, {}, False),
+        (3, {}, True),
+        (2, {"IOT_REGISTRY": "registry.example.com:5000/iot"}, False),
+        (3, {"ADAPTER_IMAGE": "a:1", "AUTH_SERVER_IMAGE": "b:1"}, True),  # the simulator is still built
+        (3, {"ADAPTER_IMAGE": "a:1", "AUTH_SERVER_IMAGE": "b:1", "SIMULATOR_IMAGE": "c:1"}, False),
+    ],
+)
+def test_run_sh_needs_a_registry_on_a_swarm_of_several_nodes(
+    nodes: int, env: dict[str, str], refused: bool
+) -> None:
+    # run.sh's own function, with `docker node ls -q` answering as a swarm of `nodes` would.
+    script = (
+        f"source ./run.sh && docker() {{ printf 'node-%s\\n' $(seq {nodes}); }} && check_registry_for_swarm"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.endswith("_IMAGE") and k != "IOT_REGISTRY"}
+    result = subprocess.run(
+        ["bash", "-c", script], cwd=REPO_ROOT, env={**clean, **env}, capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert (result.returncode != 0) == refused, result.stderr
+    if refused:
+        assert f"this swarm has {nodes} nodes" in result.stderr
+        assert "IOT_REGISTRY=" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("running", "wanted", "topic", "says"),
+    [
+        ("2", "1", "$share/adapters/#", "session of slot 2"),
+        ("5", "2", "$share/adapters/#", "session of slots 3-5"),
+        ("2", "2", "$share/adapters/#", None),
+        ("1", "3", "$share/adapters/#", None),  # scaling up
+        ("3", "1", "#", None),  # no shared subscription: nothing is shared out
+        ("", "1", "$share/adapters/#", None),  # no adapter service yet
+    ],
+)
+def test_run_sh_says_what_scaling_the_adapter_down_leaves_in_the_broker(
+    running: str, wanted: str, topic: str, says: str | None
+) -> None:
+    fake = f"docker() {{ [[ -n '{running}' ]] && echo '{running}'; }}"
+    result = subprocess.run(
+        ["bash", "-c", f"source ./run.sh && {fake} && note_adapter_scale_down"],
+        cwd=REPO_ROOT, env={**os.environ, "ADAPTER_REPLICAS": wanted, "ADAPTER_MQTT_TOPIC": topic},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    if says is None:
+        assert result.stdout == ""
+    else:
+        assert says in result.stdout
+        assert f"ADAPTER_REPLICAS={running} ./run.sh" in result.stdout
 
 
 def content_hash(path: str) -> str:
