@@ -13,6 +13,8 @@ The multi-node e2e (run_e2e_multinode.sh) runs these phases too, on its own swar
                   broker and InfluxDB, and every stateful service on the iot.data node;
   node-loss       a worker running an adapter replica is powered off mid-stream: nothing is lost;
   drain           `docker node update --availability drain` mid-stream: nothing is lost;
+  scaled-down     after ADAPTER_REPLICAS=1 ./run.sh: the broker holds the removed slot's share;
+  scaled-up       after ADAPTER_REPLICAS=2 ./run.sh again: that share is stored;
   secure          after ./run.sh --secure: a device account publishes, a wrong password and
                   an anonymous client are refused, the adapters store.
 Every check prints PASS or FAIL with what it saw; the exit status is 1 if any failed.
@@ -1198,6 +1200,72 @@ def check_drain(ctx: Context) -> str:
     )
 
 
+def adapter_counters(container: Container) -> dict[str, float]:
+    text = metrics_of(container, PORTS["adapter"])
+    return {
+        name: sum(metric_values(text, name).values())
+        for name in (
+            "adapter_messages_received_total",
+            "adapter_points_written_total",
+            "adapter_unacked_messages",
+        )
+    }
+
+
+def check_scaled_down(ctx: Context) -> str:
+    if deployed_services()["adapter"] != (1, 1):
+        raise CheckFailedError(
+            f"adapter tasks (running, desired) {deployed_services()['adapter']}, expected 1 of 1"
+        )
+    adapter = container_of("adapter")
+    before = adapter_counters(adapter)
+    summary = run_simulator(
+        ctx, "scaled-down", "--devices", "4", "--station-prefix", "down-", "--count", "400", "--rate", "0",
+        "--seed", "17",
+    )  # fmt: skip
+
+    def stored_values() -> int:
+        return sum(sum(m.values()) for m in counts_by_series("down-").values())
+
+    # Every message was handed out when the broker acked it: the replica's share arrives at
+    # once; it is settled when the replica holds nothing unacked and InfluxDB has all it wrote.
+    def settled() -> tuple[dict[str, float], int]:
+        return adapter_counters(adapter), stored_values()
+
+    def done(seen: tuple[dict[str, float], int]) -> bool:
+        counters, stored = seen
+        written = counters["adapter_points_written_total"] - before["adapter_points_written_total"]
+        return stored > 0 and counters["adapter_unacked_messages"] == 0 and written == stored
+
+    counters, stored = poll("the replica's share stored", settled, done, 90)
+    received = counters["adapter_messages_received_total"] - before["adapter_messages_received_total"]
+    if not done((counters, stored)) or stored >= summary["values"] or received >= summary["messages_sent"]:
+        raise CheckFailedError(
+            f"after scaling down, the remaining replica received {received:.0f} of "
+            f"{summary['messages_sent']} messages and InfluxDB holds {stored} of {summary['values']} "
+            "values: expected only its share"
+        )
+    ctx.save_state(scaled_down=summary)
+    return (
+        f"1 replica left (slot {adapter.slot}); of {summary['messages_sent']} messages it received "
+        f"{received:.0f} ({stored} of {summary['values']} values stored): the broker queued the rest for "
+        "the removed slot's session, as README says"
+    )
+
+
+def check_scaled_up(ctx: Context) -> str:
+    summary = ctx.need("scaled_down")
+    expected = summary["series"]
+    stored = poll("held values", lambda: counts_by_series("down-"), lambda c: c == expected, 120)
+    if stored != expected:
+        raise CheckFailedError(f"InfluxDB holds {pretty(stored)}, the simulator sent {pretty(expected)}")
+    slots = sorted(adapters_placement())
+    return (
+        f"back to slots {slots}: the returning slot resumed its session and stored what the broker held; "
+        f"all {summary['values']} values are in InfluxDB"
+    )
+
+
 SECURE_STATION = "secure-1"
 
 
@@ -1297,6 +1365,8 @@ PHASES: dict[str, list[Callable[[Context], str]]] = {
     ],
     "node-loss": [check_node_loss, check_node_back],
     "drain": [check_drain],
+    "scaled-down": [check_scaled_down],
+    "scaled-up": [check_services_running, check_scaled_up],
     "secure": [check_services_running, check_secure_device_publishes, check_secure_refuses_strangers],
     "before-removal": [check_record_points, check_queue_for_stopped_adapter],
     "redeployed": [

@@ -43,8 +43,10 @@ the host is used or changed).
      replicas on other nodes than the broker and InfluxDB and the isolation probes
      crossing nodes; a worker running an adapter replica powered off mid-stream (network
      cut, every process killed at once) loses no reading, then comes back; a drain
-     mid-stream loses no reading; ./run.sh --secure: a device account publishes, a wrong
-     password and an anonymous client are refused, the adapters store.
+     mid-stream loses no reading; ADAPTER_REPLICAS=1 ./run.sh leaves the removed slot's
+     share queued in the broker, and scaling back up stores it; ./run.sh --secure: a device
+     account publishes, a wrong password and an anonymous client are refused, the adapters
+     store.
   6. ./clean.sh -y on the manager, then the single-node test's check that nothing of the
      stack is left; then the swarm, engines, namespaces, bridge, registry and proxy are
      removed, also after a failure or the time limit, and a last check compares the host
@@ -251,9 +253,9 @@ push_stand_ins() {
   done
 }
 
-# run.sh as an operator runs it on the manager of a multi-node swarm.
+# run.sh as an operator runs it on the manager of a multi-node swarm (ADAPTER_REPLICAS: 2).
 deploy() {
-  DOCKER_CONFIG=$WORK/build-config IOT_REGISTRY=$REGISTRY/iot ADAPTER_REPLICAS=2 \
+  DOCKER_CONFIG=$WORK/build-config IOT_REGISTRY=$REGISTRY/iot ADAPTER_REPLICAS=${ADAPTER_REPLICAS:-2} \
     ADAPTER_MQTT_TOPIC="\$share/adapters/#" run_sh "$@"
 }
 
@@ -384,6 +386,11 @@ multinode_main() {
   checks node-loss
   log "Draining a node mid-stream"
   checks drain
+  log "Scaling the adapter down to 1 replica with ./run.sh, then up to 2 again"
+  ADAPTER_REPLICAS=1 deploy
+  checks scaled-down
+  deploy
+  checks scaled-up
 
   log "Switching to secure mode with ./run.sh --secure"
   deploy --secure

@@ -38,6 +38,8 @@ def test_stack_on_three_nodes_survives_a_lost_node_and_a_drain() -> None:
             "node_loss",
             "node_back",
             "drain",
+            "scaled_down",
+            "scaled_up",
             "secure_device_publishes",
             "secure_refuses_strangers",
             "nothing_left",
