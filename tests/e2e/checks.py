@@ -1058,9 +1058,9 @@ def check_placement(ctx: Context) -> str:
         "service", "inspect", "--format", "{{.Spec.TaskTemplate.ContainerSpec.Image}}", f"{STACK}_adapter"
     ).strip()
     for node in set(adapters.values()):
-        pulled = lines(docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", node=node))
-        if image.split("@", 1)[0] not in pulled:
-            raise CheckFailedError(f"{node} runs an adapter but has no image {image} ({pulled})")
+        # Swarm pins the image by digest; a pull by digest leaves no tag, only the reference.
+        if docker("image", "inspect", "--format", "{{.Id}}", image, node=node, check=False).strip() == "":
+            raise CheckFailedError(f"{node} runs an adapter but has no image {image}")
     return (
         f"{', '.join(pinned_services(ctx))} on {data} (labelled {DATA_LABEL}=true); adapter replicas "
         + ", ".join(f"slot {slot} on {node}" for slot, node in sorted(adapters.items()))

@@ -158,8 +158,10 @@ engine_start() {
   write_daemon_json "$node"
   # Its own session: it must outlive a signal to the test's process group long enough for
   # the clean-up to use it.
-  in_netns "$(node_netns "$node")" unshare --mount --uts --propagation slave -- \
-    setsid bash -ec "$ENGINE_LAUNCHER" launcher "$NETNS_PREFIX-$node" "$dir" "$cgroup" "$LAN_ADDRESS" \
+  # nsenter itself in the background (not a shell function, whose subshell would be the
+  # job): it becomes unshare, then the launcher, then dockerd.
+  nsenter --net="/run/netns/$(node_netns "$node")" -- unshare --mount --uts --propagation slave -- \
+    setsid bash -ec "$ENGINE_LAUNCHER" launcher "$node" "$dir" "$cgroup" "$LAN_ADDRESS" \
     --config-file "$dir/daemon.json" >>"$dir/dockerd.log" 2>&1 </dev/null &
   local deadline=$((SECONDS + 120))
   until node_docker "$node" info >/dev/null 2>&1; do

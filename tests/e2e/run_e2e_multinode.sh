@@ -143,7 +143,9 @@ storage:
   delete: {enabled: true}
 http: {addr: "$REGISTRY"}
 EOF
-  in_netns "$LAN_NETNS" docker-registry serve "$dir/config.yml" >"$WORK/registry.log" 2>&1 </dev/null &
+  # nsenter itself as the job, so that $! is the registry (nsenter execs it).
+  nsenter --net="/run/netns/$LAN_NETNS" -- docker-registry serve "$dir/config.yml" \
+    >"$WORK/registry.log" 2>&1 </dev/null &
   echo $! >"$dir/pid"
   wait_lan_port registry 5000 "$WORK/registry.log"
   note "docker-registry $(docker-registry --version | awk '{print $3}') on $REGISTRY (storage $storage)"
