@@ -259,14 +259,15 @@ ensure_data_node() {
 
 # Images run.sh builds exist only on this node: on a swarm of several nodes, the others can
 # run the project's services only if the images are in a registry they pull from.
+# check_registry_for_swarm VARIABLE: before building the image VARIABLE names.
 check_registry_for_swarm() {
+  [[ -z ${IOT_REGISTRY:-} ]] || return 0
   local nodes
   nodes=$(docker node ls -q | wc -l)
-  ((nodes > 1)) && [[ -z ${IOT_REGISTRY:-} ]] || return 0
-  [[ -n ${ADAPTER_IMAGE:-} && -n ${AUTH_SERVER_IMAGE:-} && -n ${SIMULATOR_IMAGE:-} ]] && return 0
+  ((nodes > 1)) || return 0
   die "this swarm has $nodes nodes, and the images run.sh builds would exist on this one only.
   Name a registry every node can pull from: IOT_REGISTRY=registry.example.com:5000/iot ./run.sh
-  (or pass prebuilt images: ADAPTER_IMAGE, AUTH_SERVER_IMAGE, SIMULATOR_IMAGE)"
+  (or pass a prebuilt image in $1, and the others in their *_IMAGE variables)"
 }
 
 # build_image NAME DOCKERFILE VARIABLE CONTEXT_PATH... : builds NAME from exactly the
@@ -280,6 +281,7 @@ build_image() {
     return
   fi
   [[ -f $dockerfile ]] || die "$dockerfile is missing"
+  check_registry_for_swarm "$var"
   local ref
   ref="${IOT_REGISTRY:-iot-platform}/$name:$(project_version)-$(tree_hash "$@")"
   local build_args=()
@@ -478,7 +480,6 @@ swarm_mode() {
   chmod 700 "$STATE_DIR" "$SWARM_STATE"
   ensure_swarm
   ensure_data_node
-  check_registry_for_swarm
   # The auth server imports the adapter's message contract: its context holds both.
   build_image adapter adapter/Dockerfile ADAPTER_IMAGE adapter
   build_image auth-server auth_server/Dockerfile AUTH_SERVER_IMAGE auth_server adapter

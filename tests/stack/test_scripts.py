@@ -82,26 +82,34 @@ def run_sh_environment(secure: bool) -> dict[str, str]:
         (1, {}, False),
         (3, {}, True),
         (2, {"IOT_REGISTRY": "registry.example.com:5000/iot"}, False),
-        (3, {"ADAPTER_IMAGE": "a:1", "AUTH_SERVER_IMAGE": "b:1"}, True),  # the simulator is still built
-        (3, {"ADAPTER_IMAGE": "a:1", "AUTH_SERVER_IMAGE": "b:1", "SIMULATOR_IMAGE": "c:1"}, False),
     ],
 )
-def test_run_sh_needs_a_registry_on_a_swarm_of_several_nodes(
-    nodes: int, env: dict[str, str], refused: bool
+def test_run_sh_builds_no_image_for_a_swarm_of_several_nodes_without_a_registry(
+    nodes: int, env: dict[str, str], refused: bool, tmp_path: Path
 ) -> None:
-    # run.sh's own function, with `docker node ls -q` answering as a swarm of `nodes` would.
-    script = (
-        f"source ./run.sh && docker() {{ printf 'node-%s\\n' $(seq {nodes}); }} && check_registry_for_swarm"
+    # run.sh's own build_image, with `docker node ls -q` answering as a swarm of `nodes` would
+    # and every other docker command recorded (a build must not even start).
+    fake = (
+        f"docker() {{ if [[ $1 == node ]]; then printf 'node-%s\\n' $(seq {nodes}); "
+        'else echo "docker $1" >>"$CALLS"; return 1; fi; }'
     )
-    clean = {k: v for k, v in os.environ.items() if not k.endswith("_IMAGE") and k != "IOT_REGISTRY"}
+    build = "build_image adapter adapter/Dockerfile X adapter"
+    script = f"source ./run.sh && {fake} && SWARM_STATE={tmp_path} && {build}"
+    clean = {k: v for k, v in os.environ.items() if k not in ("IOT_REGISTRY", "X")}
+    calls = tmp_path / "docker-calls"
     result = subprocess.run(
-        ["bash", "-c", script], cwd=REPO_ROOT, env={**clean, **env}, capture_output=True, text=True,
-        timeout=60, check=False,
+        ["bash", "-c", script], cwd=REPO_ROOT, env={**clean, **env, "CALLS": str(calls)}, capture_output=True,
+        text=True, timeout=60, check=False,
     )  # fmt: skip
-    assert (result.returncode != 0) == refused, result.stderr
+    built = calls.read_text().split("\n") if calls.exists() else []
     if refused:
+        assert result.returncode != 0
         assert f"this swarm has {nodes} nodes" in result.stderr
-        assert "IOT_REGISTRY=" in result.stderr
+        assert "IOT_REGISTRY=" in result.stderr and "prebuilt image in X" in result.stderr
+        assert built == []
+    else:
+        assert "this swarm has" not in result.stderr
+        assert "docker build" in built  # it went on to build
 
 
 @pytest.mark.parametrize(
