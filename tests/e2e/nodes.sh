@@ -163,9 +163,10 @@ engine_start() {
   nsenter --net="/run/netns/$(node_netns "$node")" -- unshare --mount --uts --propagation slave -- \
     setsid bash -ec "$ENGINE_LAUNCHER" launcher "$node" "$dir" "$cgroup" "$LAN_ADDRESS" \
     --config-file "$dir/daemon.json" >>"$dir/dockerd.log" 2>&1 </dev/null &
-  local deadline=$((SECONDS + 120))
+  # nsenter, unshare, setsid and the launcher each exec the next: this is dockerd's pid.
+  local pid=$! deadline=$((SECONDS + 120))
   until node_docker "$node" info >/dev/null 2>&1; do
-    if ((SECONDS >= deadline)) || [[ -z $(node_pids "$node") ]]; then
+    if ((SECONDS >= deadline)) || ! kill -0 "$pid" 2>/dev/null; then
       tail -n 20 "$dir/dockerd.log" >&2
       nodes_die "the engine of $node did not answer within 120s (its log: $dir/dockerd.log)"
     fi
