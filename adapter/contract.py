@@ -25,6 +25,12 @@ TOPIC_RE = re.compile(r"^[^/]+/[^/]+$")
 # keys like these could never be stored faithfully, so they are refused.
 _UNREPRESENTABLE = re.compile(r'[\x00-\x1f\x7f]|\\$|\\[",=]')
 
+# Characters that make a name look like something else wherever it is shown (Grafana legends,
+# logs, phpMyAdmin): C1 controls, among them NEL (U+0085), and the line and paragraph
+# separators (U+2028, U+2029) break lines; bidirectional controls (U+061C, U+200E, U+200F,
+# U+202A-U+202E, U+2066-U+2069) reorder the text around them (U+202E shows `1ipR` as `Rpi1`).
+_MISLEADING = re.compile("[\x80-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
 # ISO 8601 extended format as devices send it: date, `T` or a space, time with optional
 # fractional seconds (up to nanoseconds, kept), optional `Z` or ±hh:mm / ±hhmm / ±hh offset.
 # ASCII digits only: `\d` would accept other scripts' digits.
@@ -112,12 +118,18 @@ class TimestampError(ValueError):
     """A `timestamp` value the contract does not accept."""
 
 
+def valid_name(name: str) -> bool:
+    """Whether `name` may be a location, a station or a metric key: not empty, storable as it
+    is in InfluxDB, and shown as it is. The HTTP API applies the same rule to its names."""
+    return bool(name) and not _UNREPRESENTABLE.search(name) and not _MISLEADING.search(name)
+
+
 def split_topic(topic: str) -> tuple[str, str] | None:
     """`UPB/RPi_1` → ("UPB", "RPi_1"); None for any topic outside the contract."""
     if not TOPIC_RE.match(topic):
         return None
     location, station = topic.split("/")
-    if _UNREPRESENTABLE.search(location) or _UNREPRESENTABLE.search(station):
+    if not valid_name(location) or not valid_name(station):
         return None
     return location, station
 
@@ -223,7 +235,7 @@ def parse_record(location: str, station: str, obj: Any, received_ns: int) -> Rec
         value = _numeric(raw_value)
         if isinstance(value, Ignore):
             record.ignored.append((key, value))
-        elif not key or _UNREPRESENTABLE.search(key):
+        elif not valid_name(key):
             record.ignored.append((key, Ignore.BAD_NAME))
         else:
             points.append(Point(location, station, key, value, time_ns))
