@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import pymysql
 from flask import Flask
 
-from auth_server import accounts, auth, data, db, ops
+from auth_server import accounts, auth, data, db, gateway, ops
 from auth_server.config import AuthConfig, ConfigError
 from auth_server.errors import register_error_handlers
 from auth_server.influx import InfluxClient
@@ -24,6 +24,7 @@ from auth_server.mqtt_sync import DeviceState, MqttAccountSync, MqttSyncError
 from auth_server.passwords import hash_password
 from auth_server.policy import Role, ValidationError, validate_password, validate_username
 from auth_server.store import AccountStore
+from auth_server.throttle import LoginThrottle
 
 __all__ = ["ConfigError", "create_app"]
 
@@ -45,6 +46,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
 
     metrics = AuthMetrics()
     app.extensions["auth_metrics"] = metrics
+    app.extensions["login_throttle"] = LoginThrottle(config.login, config.jwt_secret, metrics)
     app.extensions["influx"] = InfluxClient(
         config.influxdb_host, config.influxdb_port, config.influxdb_database
     )
@@ -52,6 +54,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
         app.extensions["mqtt_sync"] = MqttAccountSync(config)
 
     db.init_app(app)
+    gateway.init_app(app, config)
     register_error_handlers(app)
     metrics.instrument(app)
     for blueprint in (auth.bp, accounts.bp, data.bp, ops.bp):

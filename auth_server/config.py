@@ -21,6 +21,43 @@ def _bool(env: Mapping[str, str], name: str) -> bool:
 
 
 @dataclass(frozen=True)
+class LoginLimits:
+    """How failed logins slow down later attempts (auth_server/throttle.py). Beyond its free
+    failures, each further failure doubles the wait before the next attempt (1 s, 2 s, 4 s ...)
+    up to `max_delay_s`."""
+
+    # LOGIN_FREE_FAILURES: one username from one client address.
+    free_failures: int = 5
+    # LOGIN_ADDRESS_FREE_FAILURES: any usernames from one address (one client trying many names).
+    address_free_failures: int = 20
+    # LOGIN_USERNAME_FREE_FAILURES: one username from addresses it has not logged in from
+    # (many clients trying one name).
+    username_free_failures: int = 20
+    max_delay_s: int = 900
+    # Failures older than this (counted from the latest one) are forgotten.
+    memory_s: int = 3600
+    # A username that logged in from an address within this many days is judged there by its
+    # own failures only: nobody else's can lock it out.
+    known_client_days: int = 30
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> LoginLimits:
+        d = cls()
+        return cls(
+            free_failures=env_int(env, "LOGIN_FREE_FAILURES", d.free_failures, 1, 1000),
+            address_free_failures=env_int(
+                env, "LOGIN_ADDRESS_FREE_FAILURES", d.address_free_failures, 1, 100_000
+            ),
+            username_free_failures=env_int(
+                env, "LOGIN_USERNAME_FREE_FAILURES", d.username_free_failures, 1, 100_000
+            ),
+            max_delay_s=env_int(env, "LOGIN_MAX_DELAY_SECONDS", d.max_delay_s, 1, 7 * 24 * 3600),
+            memory_s=env_int(env, "LOGIN_FAILURE_MEMORY_SECONDS", d.memory_s, 60, 30 * 24 * 3600),
+            known_client_days=env_int(env, "LOGIN_KNOWN_CLIENT_DAYS", d.known_client_days, 0, 3650),
+        )
+
+
+@dataclass(frozen=True)
 class AuthConfig:
     """Every setting of the auth server. Secrets are kept out of repr() so they never reach a log."""
 
@@ -38,9 +75,17 @@ class AuthConfig:
     influxdb_database: str = "IoT_Devices"
     auth_host: str = "0.0.0.0"
     auth_port: int = 5000
-    auth_threads: int = 8
+    # Proxies in front whose X-Forwarded-For entry names the client (Kong: 1). 0: the TCP peer is
+    # the client; anyone could write the header, so it is not read.
+    trusted_proxy_hops: int = 0
+    # A client must send a request's head within this, and never pause longer while sending
+    # its body; idle kept-alive connections are closed after it too.
+    client_timeout_s: int = 10
+    # Open client connections the server holds at once; more wait in the listen backlog.
+    max_connections: int = 1000
     # Same default as the adapter's MAX_MESSAGE_BYTES: one payload limit for MQTT and HTTP.
     max_message_bytes: int = 256 * 1024
+    login: LoginLimits = field(default_factory=LoginLimits)
     startup_timeout_s: int = 120
     mqtt_secure: bool = False
     mqtt_host: str = "localhost"
@@ -91,8 +136,11 @@ class AuthConfig:
             influxdb_database=env.get("INFLUXDB_DATABASE") or d.influxdb_database,
             auth_host=env.get("AUTH_HOST") or d.auth_host,
             auth_port=env_int(env, "AUTH_PORT", d.auth_port, 1, 65535),
-            auth_threads=env_int(env, "AUTH_THREADS", d.auth_threads, 1, 256),
+            trusted_proxy_hops=env_int(env, "TRUSTED_PROXY_HOPS", d.trusted_proxy_hops, 0, 10),
+            client_timeout_s=env_int(env, "AUTH_CLIENT_TIMEOUT", d.client_timeout_s, 1, 600),
+            max_connections=env_int(env, "AUTH_MAX_CONNECTIONS", d.max_connections, 10, 100_000),
             max_message_bytes=env_int(env, "MAX_MESSAGE_BYTES", d.max_message_bytes, 2, 64 * 1024 * 1024),
+            login=LoginLimits.from_env(env),
             startup_timeout_s=env_int(env, "STARTUP_TIMEOUT", d.startup_timeout_s, 1, 3600),
             mqtt_secure=_bool(env, "MQTT_SECURE"),
             mqtt_host=env.get("MQTT_HOST") or d.mqtt_host,

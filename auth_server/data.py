@@ -20,6 +20,7 @@ from adapter.contract import (
     parse_message,
     parse_timestamp,
     split_topic,
+    valid_name,
 )
 from auth_server.auth import current_account, login_required
 from auth_server.config import AuthConfig
@@ -33,7 +34,6 @@ bp = Blueprint("data", __name__, url_prefix="/api/data")
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000
 _NUMBER_RE = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 _REJECT_TEXT = {
     Reject.BAD_TOPIC: "location and station must each be one topic level",
@@ -53,7 +53,8 @@ def _series(location: str, station: str, right: Right) -> None:
     if split_topic(f"{location}/{station}") is None:
         raise ApiError(
             400,
-            "location and station must be topic levels without control characters or a trailing backslash",
+            "location and station must be topic levels without control, line-separator or "
+            "bidirectional characters or a trailing backslash",
         )
     if not current_account().may(right, location, station):
         raise ApiError(403, f"this account may not {right} the series of {location}/{station}")
@@ -118,8 +119,11 @@ def _limit_arg() -> int:
 def read(location: str, station: str) -> Response:
     _series(location, station, Right.READ)
     metric = request.args.get("metric")
-    if metric is not None and (not metric or _CONTROL_RE.search(metric) or len(metric) > 255):
-        raise ApiError(400, "metric must be a non-empty name without control characters")
+    if metric is not None and (not valid_name(metric) or len(metric) > 255):
+        raise ApiError(
+            400,
+            "metric must be a name of the message contract (no control, line-separator or bidi characters)",
+        )
     start, end, limit = _time_arg("start"), _time_arg("end"), _limit_arg()
     # Values travel as bound parameters; the only text spliced in is a quoted identifier and
     # integers produced here.

@@ -86,8 +86,27 @@ def schema_statements() -> list[str]:
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
+# Columns added to a table after its first release, as (table, column, definition); the
+# definitions match schema.sql's CREATE TABLE. MySQL 8 has no ADD COLUMN IF NOT EXISTS
+# (MariaDB has), so apply_schema looks each one up first.
+ADDED_COLUMNS = (
+    ("accounts", "token_key", "CHAR(32) CHARACTER SET ascii COLLATE ascii_bin NULL AFTER enabled"),
+)
+
+
 def apply_schema(conn: Connection) -> None:
+    """Create what is missing: the tables, and the columns an older version's tables lack."""
     with conn.cursor() as cur:
         for statement in schema_statements():
             cur.execute(statement)
+        for table, column, definition in ADDED_COLUMNS:
+            cur.execute(
+                "SELECT COUNT(*) AS n FROM information_schema.COLUMNS "
+                "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s AND COLUMN_NAME = %s",
+                (table, column),
+            )
+            if not cur.fetchone()["n"]:
+                log.info("adding column %s.%s (the table was created by an older version)", table, column)
+                # Names and definition are the constants above, never input.
+                cur.execute(f"ALTER TABLE `{table}` ADD COLUMN `{column}` {definition}")
     conn.commit()

@@ -9,6 +9,8 @@ from werkzeug.exceptions import HTTPException
 
 from auth_server.db import DatabaseUnavailableError
 from auth_server.policy import ValidationError
+from auth_server.store import DuplicatePermissionError
+from auth_server.throttle import LoginThrottledError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,23 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ValidationError)
     def _validation_error(exc: ValidationError) -> Response:
         return error_response(400, str(exc))
+
+    @app.errorhandler(LoginThrottledError)
+    def _throttled(exc: LoginThrottledError) -> Response:
+        return error_response(
+            429,
+            f"too many failed logins; try again in {exc.retry_after_s} s",
+            {"Retry-After": str(exc.retry_after_s)},
+        )
+
+    @app.errorhandler(DuplicatePermissionError)
+    def _duplicate_permission(_exc: DuplicatePermissionError) -> Response:
+        return error_response(409, "two permissions name the same series; nothing was changed")
+
+    @app.errorhandler(TimeoutError)
+    def _client_too_slow(_exc: TimeoutError) -> Response:
+        # The client's socket timed out while the view read the body (AUTH_CLIENT_TIMEOUT).
+        return error_response(408, "the request body did not arrive in time")
 
     @app.errorhandler(DatabaseUnavailableError)
     def _database_unavailable(exc: DatabaseUnavailableError) -> Response:

@@ -34,6 +34,20 @@ class AuthMetrics:
         self.logins = Counter(
             "auth_logins", "Login attempts by result (success, failure)", ["result"], registry=r
         )
+        self.login_throttled = Counter(
+            "auth_login_throttled",
+            "Login attempts refused unchecked (429) while failed logins block them, by the counter "
+            "that blocked: pair (username from one address), address (any username), username "
+            "(from any address)",
+            ["scope"],
+            registry=r,
+        )
+        self.login_delays = Counter(
+            "auth_login_delays",
+            "Failed logins past a counter's free failures, each making the next attempt wait, by scope",
+            ["scope"],
+            registry=r,
+        )
         self.points_written = Counter(
             "auth_points_written", "Points written to InfluxDB through the HTTP data API", registry=r
         )

@@ -15,7 +15,7 @@ def test_rights_become_publish_acls() -> None:
         username="dev",
         role=Role.DEVICE,
         enabled=True,
-        token_version=0,
+        token_key=None,
         permissions=(
             Permission("UPB", "RPi_1", read=True, write=True),
             Permission("UPB", "*", read=False, write=True),
