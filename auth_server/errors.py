@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, jsonify
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from auth_server.db import DatabaseUnavailableError
 from auth_server.policy import ValidationError
@@ -59,10 +59,13 @@ def register_error_handlers(app: Flask) -> None:
     def _duplicate_permission(_exc: DuplicatePermissionError) -> Response:
         return error_response(409, "two permissions name the same series; nothing was changed")
 
-    @app.errorhandler(TimeoutError)
-    def _client_too_slow(_exc: TimeoutError) -> Response:
-        # The client's socket timed out while the view read the body (AUTH_CLIENT_TIMEOUT).
-        return error_response(408, "the request body did not arrive in time")
+    @app.errorhandler(ClientDisconnected)
+    def _body_cut_short(exc: ClientDisconnected) -> Response:
+        # Werkzeug raises this for any failed read of the body; a socket timeout there means
+        # the client paused longer than AUTH_CLIENT_TIMEOUT (python -m auth_server sets it).
+        if isinstance(exc.__context__, TimeoutError):
+            return error_response(408, "the request body did not arrive in time")
+        return error_response(400, "the request body ended before its announced length")
 
     @app.errorhandler(DatabaseUnavailableError)
     def _database_unavailable(exc: DatabaseUnavailableError) -> Response:
