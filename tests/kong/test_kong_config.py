@@ -350,3 +350,21 @@ def test_stack_keeps_the_admin_api_off_and_metrics_on_the_status_listener() -> N
     assert env["KONG_DECLARATIVE_CONFIG"] in mounted
     sources = {c["source"] for c in kong.get("configs", [])}
     assert any(stack["configs"][s]["file"] in ("./kong/kong.yml", "kong/kong.yml") for s in sources)
+
+
+def test_the_auth_server_trusts_exactly_one_proxy_kong() -> None:
+    """Kong appends the address it saw to X-Forwarded-For (kong/runloop/handler.lua, 3.8.0):
+    that entry, and nothing a client wrote before it, names the client to throttle logins by."""
+    stack = yaml.safe_load((REPO_ROOT / "stack.yml").read_text())
+    environment = stack["services"]["auth_server"]["environment"]
+    assert environment["TRUSTED_PROXY_HOPS"] == "1"
+    assert AuthConfig.from_env({"JWT_SECRET": "k" * 32}).trusted_proxy_hops == 0  # no proxy by default
+    # Its networks hold Kong, Prometheus (which sends no such header) and the servers the auth
+    # server itself calls: no other client can write the header Kong's entry is read from.
+    networks = set(stack["services"]["auth_server"]["networks"])
+    others = {
+        name
+        for name, service in stack["services"].items()
+        if name != "auth_server" and networks & set(service.get("networks", []))
+    }
+    assert others == {"kong", "prometheus", "mysql", "influxdb", "mqtt_broker"}
