@@ -496,3 +496,23 @@ def test_reconcile_handles_many_accounts(
     assert {f"bulk-{i:02d}" for i in range(60)} <= set(clients)
     assert clients["bulk-59"]["roles"] == [{"rolename": "iot-device:bulk-59"}]
     assert ADAPTER in clients and DYNSEC_ADMIN in clients
+
+
+def test_a_generated_password_opens_the_broker_too(sapi: Api, devices: Callable[[str, str], Device]) -> None:
+    """The broker has no lockout of its own: a generated password (192 random bits) is what
+    makes guessing it hopeless. Created and rotated by the API, it reaches the broker."""
+    perms = [{"location": "UPB", "station": "Gen", "read": False, "write": True}]
+    created = sapi.call(
+        "POST", "/api/accounts", token=sapi.admin_token, json={"username": "gen", "permissions": perms}
+    )
+    assert created.status_code == 201
+    first = created.get_json()["password"]
+    device = devices("gen", first)
+    assert not device.publish("UPB/Gen", '{"V": 1}').is_failure
+    rotated = sapi.call(
+        "PATCH", "/api/accounts/gen", token=sapi.admin_token, json={"generate_password": True}
+    )
+    second = rotated.get_json()["password"]
+    assert device.disconnected.wait(1.0)
+    assert not devices("gen", first).accepted
+    assert devices("gen", second).accepted
