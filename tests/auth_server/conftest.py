@@ -9,6 +9,7 @@ import secrets
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import pymysql
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -33,6 +34,37 @@ def mysql_database(mariadb: MariaDBServer, request: pytest.FixtureRequest) -> It
     mariadb.create_database(name)
     yield name
     mariadb.drop_database(name)
+
+
+class Sql:
+    """Statements straight to a test database, as an operator (or an older version) would."""
+
+    def __init__(self, mariadb: MariaDBServer, database: str) -> None:
+        self.conn = pymysql.connect(
+            host="127.0.0.1",
+            port=mariadb.port,
+            user=mariadb.user,
+            password=mariadb.password,
+            database=database,
+            cursorclass=pymysql.cursors.DictCursor,
+            autocommit=True,
+        )
+
+    def __call__(self, statement: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        with self.conn.cursor() as cur:
+            cur.execute(statement, args)
+            return list(cur.fetchall())
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@pytest.fixture
+def sql(mariadb: MariaDBServer, mysql_database: str) -> Iterator[Sql]:
+    """The test's own accounts database."""
+    connection = Sql(mariadb, mysql_database)
+    yield connection
+    connection.close()
 
 
 @pytest.fixture

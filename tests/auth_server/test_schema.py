@@ -3,14 +3,11 @@ idempotently, and ends with the same tables as a new database."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pymysql
-import pytest
+from typing import Any
 
 from auth_server import create_app
 from auth_server.passwords import hash_password
-from tests.auth_server.conftest import ADMIN, Api, new_password
+from tests.auth_server.conftest import ADMIN, Api, Sql, new_password
 from tests.servers import MariaDBServer
 
 # The accounts table as the first release created it (no token_key).
@@ -30,40 +27,16 @@ CREATE TABLE accounts (
 """
 
 
-class Sql:
-    def __init__(self, mariadb: MariaDBServer, database: str) -> None:
-        self.conn = pymysql.connect(
-            host="127.0.0.1",
-            port=mariadb.port,
-            user=mariadb.user,
-            password=mariadb.password,
-            database=database,
-            cursorclass=pymysql.cursors.DictCursor,
-            autocommit=True,
+def columns(sql: Sql, table: str) -> list[tuple[Any, ...]]:
+    return [
+        tuple(r.values())
+        for r in sql(
+            "SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, COLLATION_NAME, ORDINAL_POSITION "
+            "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s "
+            "ORDER BY ORDINAL_POSITION",
+            (table,),
         )
-
-    def __call__(self, statement: str, args: tuple = ()) -> list[dict]:
-        with self.conn.cursor() as cur:
-            cur.execute(statement, args)
-            return list(cur.fetchall())
-
-    def columns(self, table: str) -> list[tuple]:
-        return [
-            tuple(r.values())
-            for r in self(
-                "SELECT COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, COLLATION_NAME, ORDINAL_POSITION "
-                "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s "
-                "ORDER BY ORDINAL_POSITION",
-                (table,),
-            )
-        ]
-
-
-@pytest.fixture
-def sql(mariadb: MariaDBServer, mysql_database: str) -> Iterator[Sql]:
-    connection = Sql(mariadb, mysql_database)
-    yield connection
-    connection.conn.close()
+    ]
 
 
 def test_an_older_accounts_table_is_brought_up_to_date(
@@ -75,7 +48,7 @@ def test_an_older_accounts_table_is_brought_up_to_date(
         (ADMIN, hash_password(settings["ADMIN_PASSWORD"])),
     )
     app = create_app(settings)
-    assert "token_key" in [c[0] for c in sql.columns("accounts")]
+    assert "token_key" in [c[0] for c in columns(sql, "accounts")]
     # The existing admin has no token key until it logs in; then its token works.
     assert sql("SELECT token_key FROM accounts")[0]["token_key"] is None
     api = Api(app.test_client(), settings)
@@ -90,8 +63,8 @@ def test_an_older_accounts_table_is_brought_up_to_date(
         create_app({**settings, "MYSQL_DATABASE": "schema_fresh"})
         fresh = Sql(mariadb, "schema_fresh")
         for table in ("accounts", "permissions", "login_throttle"):
-            assert sql.columns(table) == fresh.columns(table), table
-        fresh.conn.close()
+            assert columns(sql, table) == columns(fresh, table), table
+        fresh.close()
     finally:
         mariadb.drop_database("schema_fresh")
 

@@ -7,15 +7,13 @@ import hashlib
 import threading
 from collections import Counter
 
-import pymysql
 import pytest
 from flask import Flask
 from werkzeug.test import TestResponse
 
 from auth_server import create_app
 from auth_server.throttle import LoginThrottle, client_key
-from tests.auth_server.conftest import ADMIN, Api
-from tests.servers import MariaDBServer
+from tests.auth_server.conftest import ADMIN, Api, Sql
 
 OWNER_HOME = "198.51.100.10"
 STRANGER = "203.0.113.66"
@@ -276,27 +274,12 @@ def test_an_ipv6_client_is_its_64_network(address: str, client: str) -> None:
     assert client_key(address) == client
 
 
-def test_the_table_holds_no_typed_username_and_forgets_old_rows(
-    api: Api, clock: Clock, mariadb: MariaDBServer, settings: dict[str, str]
-) -> None:
+def test_the_table_holds_no_typed_username_and_forgets_old_rows(api: Api, clock: Clock, sql: Sql) -> None:
     typed = "my-secret-passphrase-typed-as-username"
     statuses(api, typed, "x" * 8, STRANGER, 3)
 
     def rows() -> list[dict]:
-        conn = pymysql.connect(
-            host="127.0.0.1",
-            port=mariadb.port,
-            user=mariadb.user,
-            password=mariadb.password,
-            database=settings["MYSQL_DATABASE"],
-            cursorclass=pymysql.cursors.DictCursor,
-        )
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT * FROM login_throttle")
-                return list(cur.fetchall())
-        finally:
-            conn.close()
+        return sql("SELECT * FROM login_throttle")
 
     found = rows()
     assert sorted(r["scope"] for r in found) == ["address", "pair", "username"]

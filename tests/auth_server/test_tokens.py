@@ -6,30 +6,10 @@ from __future__ import annotations
 import time
 
 import jwt
-import pymysql
 import pytest
 
 from auth_server.tokens import ISSUER
-from tests.auth_server.conftest import ADMIN, Api, new_password
-from tests.servers import MariaDBServer
-
-
-def _sql(mariadb: MariaDBServer, database: str, statement: str, args: tuple = ()) -> list[dict]:
-    conn = pymysql.connect(
-        host="127.0.0.1",
-        port=mariadb.port,
-        user=mariadb.user,
-        password=mariadb.password,
-        database=database,
-        cursorclass=pymysql.cursors.DictCursor,
-        autocommit=True,
-    )
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement, args)
-            return list(cur.fetchall())
-    finally:
-        conn.close()
+from tests.auth_server.conftest import ADMIN, Api, Sql, new_password
 
 
 def _admin_powers(api: Api, token: str) -> list[int]:
@@ -57,18 +37,13 @@ def test_a_recreated_username_does_not_accept_the_deleted_accounts_token(api: Ap
     assert me["permissions"] == []
 
 
-def test_an_account_recreated_with_the_same_id_does_not_accept_old_tokens(
-    api: Api, mariadb: MariaDBServer, settings: dict[str, str]
-) -> None:
+def test_an_account_recreated_with_the_same_id_does_not_accept_old_tokens(api: Api, sql: Sql) -> None:
     """Ids are never reused by MySQL, but a restored backup or a hand-made row could: the
     random token key still tells the two accounts apart."""
-    database = settings["MYSQL_DATABASE"]
     password, old_token = api.device("bob", ("UPB", "RPi_2", True, True))
-    (row,) = _sql(mariadb, database, "SELECT * FROM accounts WHERE username = 'bob'")
+    (row,) = sql("SELECT * FROM accounts WHERE username = 'bob'")
     assert api.call("DELETE", "/api/accounts/bob", token=api.admin_token).status_code == 204
-    _sql(
-        mariadb,
-        database,
+    sql(
         "INSERT INTO accounts (id, username, password_hash, role, enabled, token_key) "
         "VALUES (%s, 'bob', %s, 'admin', TRUE, %s)",
         (row["id"], row["password_hash"], "f" * 32),
