@@ -20,12 +20,13 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+import requests
 from paho.mqtt.reasoncodes import ReasonCode
 
 from auth_server import create_app
 from auth_server.config import AuthConfig
 from auth_server.mqtt_sync import MqttAccountSync, MqttSyncError
-from tests.auth_server.conftest import ADMIN, Api, new_password
+from tests.auth_server.conftest import ADMIN, Api, AuthServerProcess, new_password
 from tests.conftest import _track
 from tests.servers import (
     REPO_ROOT,
@@ -516,3 +517,32 @@ def test_a_generated_password_opens_the_broker_too(sapi: Api, devices: Callable[
     assert device.disconnected.wait(1.0)
     assert not devices("gen", first).accepted
     assert devices("gen", second).accepted
+
+
+def test_the_gevent_server_keeps_the_broker_in_step(
+    secure_settings: dict[str, str], devices: Callable[[str, str], Device], tmp_path: Path
+) -> None:
+    """`python -m auth_server` (gunicorn, gevent): paho's network loop runs on gevent's patched
+    sockets and threads there, and still gets each change to the broker before answering."""
+    server = AuthServerProcess(tmp_path / "gunicorn", secure_settings)
+    server.start()
+    _track(server)
+    try:
+        admin = requests.post(
+            f"{server.url}/api/auth/login",
+            json={"username": ADMIN, "password": secure_settings["ADMIN_PASSWORD"]},
+            timeout=20,
+        ).json()["access_token"]
+        headers = {"Authorization": f"Bearer {admin}"}
+        perms = [{"location": "UPB", "station": "G1", "read": False, "write": True}]
+        body = {"username": "gev-dev", "permissions": perms}
+        created = requests.post(f"{server.url}/api/accounts", json=body, headers=headers, timeout=20)
+        assert created.status_code == 201
+        device = devices("gev-dev", created.json()["password"])
+        assert not device.publish("UPB/G1", '{"V": 1}').is_failure
+        gone = requests.delete(f"{server.url}/api/accounts/gev-dev", headers=headers, timeout=20)
+        assert gone.status_code == 204
+        assert device.disconnected.wait(1.0)
+    finally:
+        server.stop()
+    assert server.proc is not None and server.proc.returncode == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
@@ -15,45 +14,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.auth_server.conftest import ADMIN, new_password
+from tests.auth_server.conftest import ADMIN, AuthServerProcess, clean_environ, new_password
 from tests.conftest import _track
-from tests.servers import REPO_ROOT, ManagedServer, free_port
+from tests.servers import REPO_ROOT, free_port
 
 DOCKERFILE = REPO_ROOT / "auth_server" / "Dockerfile"
-
-
-def _clean_environ() -> dict[str, str]:
-    """This process's environment without anything the auth server reads."""
-    ours = re.compile(r"^(MYSQL_|JWT_|ADMIN_|INFLUXDB_|AUTH_|MQTT_|ADAPTER_MQTT_|PYTHONPATH$)")
-    return {k: v for k, v in os.environ.items() if not ours.match(k)}
-
-
-class AuthServerProcess(ManagedServer):
-    """The auth server as a process: `python -m auth_server`, i.e. gunicorn."""
-
-    name = "auth_server"
-
-    def __init__(self, workdir: Path, settings: dict[str, str]) -> None:
-        super().__init__(workdir)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **_clean_environ(),
-            **settings,
-            "AUTH_HOST": "127.0.0.1",
-            "AUTH_PORT": str(self.port),
-            "PYTHONPATH": str(REPO_ROOT),
-            "PYTHONUNBUFFERED": "1",
-        }
-
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", "auth_server"]
-
-    def ready(self) -> bool:
-        try:
-            return requests.get(f"{self.url}/healthz", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
 
 
 @pytest.fixture
@@ -133,7 +98,7 @@ def test_gunicorn_serves_the_api_and_logs_no_secret(
 
 
 def test_bad_configuration_exits_with_a_clear_message(settings: dict[str, str]) -> None:
-    env = {**_clean_environ(), **settings, "JWT_SECRET": "too-short", "PYTHONPATH": str(REPO_ROOT)}
+    env = {**clean_environ(), **settings, "JWT_SECRET": "too-short", "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(
         [sys.executable, "-m", "auth_server"],
         env=env,
@@ -149,7 +114,7 @@ def test_bad_configuration_exits_with_a_clear_message(settings: dict[str, str]) 
 
 def test_unreachable_mysql_stops_the_start(settings: dict[str, str]) -> None:
     env = {
-        **_clean_environ(),
+        **clean_environ(),
         **settings,
         "MYSQL_PORT": str(free_port()),
         "STARTUP_TIMEOUT": "1",
@@ -202,7 +167,7 @@ def test_the_image_files_are_enough_to_run(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-c", probe],
         cwd=app_dir,
-        env=_clean_environ(),
+        env=clean_environ(),
         capture_output=True,
         text=True,
         check=False,
