@@ -145,30 +145,30 @@ def test_forged_tokens_are_401(api: Api) -> None:
         assert set(response.get_json()) == {"error"}, name
 
 
-@pytest.mark.parametrize(
-    "change",
-    [
-        {"key": None},
-        {"exp": None},
-        {"iat": None},
-        {"sub": None},
-        {"iss": "someone"},
-        {"sub": 1},  # a number, not RFC 7519's string
-        {"sub": "01"},
-        {"sub": "1 OR 1=1"},
-        {"key": "0" * 32},
-        {"key": 7},
-        {"key": ""},
-    ],
-    ids=repr,
-)
-def test_token_with_a_missing_or_bad_claim_is_401(api: Api, change: dict) -> None:
+# Claims edited one at a time, each token signed with the right key.
+BAD_CLAIMS = [
+    {"key": None},
+    {"exp": None},
+    {"iat": None},
+    {"sub": None},
+    {"iss": "someone"},
+    {"sub": 1},  # a number, not RFC 7519's string
+    {"sub": "01"},
+    {"sub": "1 OR 1=1"},
+    {"key": "0" * 32},
+    {"key": 7},
+    {"key": ""},
+]
+
+
+def test_a_token_with_a_missing_or_bad_claim_is_401(api: Api) -> None:
     secret = api.settings["JWT_SECRET"]
     claims = _claims(api, api.admin_token)
-    edited = {k: v for k, v in {**claims, **change}.items() if v is not None}
     assert api.call("GET", "/api/auth/me", token=api.admin_token).status_code == 200
-    token = jwt.encode(edited, secret, algorithm="HS256")
-    assert api.call("GET", "/api/auth/me", token=token).status_code == 401
+    for change in BAD_CLAIMS:
+        edited = {k: v for k, v in {**claims, **change}.items() if v is not None}
+        token = jwt.encode(edited, secret, algorithm="HS256")
+        assert api.call("GET", "/api/auth/me", token=token).status_code == 401, change
 
 
 @pytest.mark.parametrize("header", ["", "Bearer", "Bearer ", "Basic YWRtaW46YWRtaW4=", "Token abc"])
