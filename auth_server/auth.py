@@ -10,7 +10,7 @@ from typing import Any, TypeVar, cast
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from auth_server.config import AuthConfig
-from auth_server.db import get_db
+from auth_server.db import close_db, get_db
 from auth_server.errors import ApiError, unauthorized
 from auth_server.gateway import client_address
 from auth_server.metrics import AuthMetrics
@@ -59,6 +59,9 @@ def _authenticate() -> Account:
     # The account is read on every request, so deletion, disabling and rights changes apply
     # at once rather than when the token expires.
     account = AccountStore(get_db()).get_by_id(claims.account_id)
+    # The view reads the body next, as slowly as the client sends it: it must not hold a MySQL
+    # connection meanwhile (a data write needs none again; other views get a new one).
+    close_db()
     if account is None or not account.enabled or not claims.matches(account):
         raise unauthorized("invalid or expired token")
     return account

@@ -66,6 +66,8 @@ class AuthConfig:
     mysql_user: str = "auth_server"
     mysql_password: str = field(default="", repr=False)
     mysql_database: str = "iot_accounts"
+    # MySQL connections one server process opens at most (requests beyond wait for one).
+    mysql_max_connections: int = 20
     jwt_secret: str = field(default="", repr=False)
     jwt_expires_s: int = 900
     admin_username: str | None = None
@@ -127,6 +129,7 @@ class AuthConfig:
             mysql_user=env.get("MYSQL_USER") or d.mysql_user,
             mysql_password=read_secret(env, "MYSQL_PASSWORD") or "",
             mysql_database=env.get("MYSQL_DATABASE") or d.mysql_database,
+            mysql_max_connections=env_int(env, "MYSQL_MAX_CONNECTIONS", d.mysql_max_connections, 1, 1000),
             jwt_secret=jwt_secret,
             jwt_expires_s=env_int(env, "JWT_EXPIRES_SECONDS", d.jwt_expires_s, 1, 24 * 3600),
             admin_username=admin_username,
