@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import shutil
 import signal
@@ -91,6 +92,8 @@ def test_gunicorn_serves_the_api_and_logs_no_secret(
     assert server.proc is not None and server.proc.returncode == 0
     log = server.log_text()
     assert "Booting worker" in log and "POST /api/auth/login" in log  # gunicorn, with an access log
+    # gevent patched the standard library before anything used it (auth_server/__init__.py).
+    assert "MonkeyPatchWarning" not in log
     secrets = (settings["ADMIN_PASSWORD"], device_password, generated_password, settings["JWT_SECRET"], token)
     for secret in secrets:
         assert secret not in log
@@ -160,9 +163,15 @@ def test_the_image_files_are_enough_to_run(tmp_path: Path) -> None:
     assert (app_dir / "adapter" / "contract.py").is_file()
     assert not (app_dir / "adapter" / "adapter.py").exists()
     probe = (
+        # What the interpreter loaded by itself at start (site hooks) is not the server's.
+        "import sys; started = set(sys.modules);"
         "import adapter.contract, auth_server, auth_server.__main__, auth_server.data;"
         "assert auth_server.data.parse_message is adapter.contract.parse_message;"
-        "import sys; print(auth_server.__file__)"
+        "import sys; print(auth_server.__file__);"
+        # Every installed distribution the server imports, for the check against the pins.
+        "import importlib.metadata as m; owners = m.packages_distributions();"
+        "new = set(sys.modules) - started;"
+        "print(sorted({d for name in new for d in owners.get(name.split('.')[0], [])}))"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe],
@@ -173,12 +182,21 @@ def test_the_image_files_are_enough_to_run(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().startswith(str(app_dir))
+    location, imported = result.stdout.strip().splitlines()
+    assert location.startswith(str(app_dir))
     # Every pinned requirement the image installs is also what the tests run with.
     pins = (REPO_ROOT / "auth_server" / "requirements.txt").read_text().splitlines()
     pins = [p for p in pins if p and not p.startswith("#")]
     assert pins and all(re.match(r"^[A-Za-z0-9_.-]+==\S+$", p) for p in pins)
     assert "COPY auth_server/requirements.txt" in text
+    # ... and everything the server imports is pinned there (the image has nothing else; the
+    # test environment has more, e.g. packaging for pytest, which gunicorn's gevent worker needs).
+    pinned = {_distribution(p.split("==")[0]) for p in pins}
+    assert {_distribution(d) for d in ast.literal_eval(imported)} - pinned == set()
+
+
+def _distribution(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503 normalized
 
 
 def test_sigterm_leaves_no_worker_behind(server: AuthServerProcess) -> None:
