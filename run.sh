@@ -12,7 +12,8 @@ readonly SECRET_LABEL=org.iot-platform.created-by=run.sh
 readonly DATA_LABEL=iot.data
 # Every secret stack.yml uses, without the iot_ prefix of its Swarm name.
 readonly SECRETS=(grafana_admin_password mysql_root_password mysql_password jwt_secret
-  auth_admin_password mqtt_admin_password adapter_mqtt_password broker_exporter_mqtt_password)
+  auth_admin_password mqtt_admin_password adapter_mqtt_password broker_exporter_mqtt_password
+  grafana_metrics_password)
 readonly GRAFANA_DEFAULT_PASSWORD=grafanaIDP2023
 
 usage() {
@@ -46,6 +47,8 @@ Environment (all optional):
   IOT_REGISTRY=host/path     tag the built images there and push them (multi-node swarms)
   BASE_IMAGE=image           base image for the project's Dockerfiles (python:3.11-slim)
   SWARM_ADVERTISE_ADDR=ip    the address `docker swarm init` advertises (hosts with several)
+  GRAFANA_ROOT_URL=url       the address users open Grafana at, for the links it builds
+                             (default http://<this node's swarm address>/)
   ADAPTER_REPLICAS, ADAPTER_MQTT_TOPIC
                              scale the adapter: ADAPTER_REPLICAS=3 ADAPTER_MQTT_TOPIC='$share/adapters/#'
   IOT_SECRET_<NAME>=value    value for a secret that does not exist yet, e.g.
@@ -111,6 +114,27 @@ export_config_hashes() {
     # The content alone: the file's name is already part of the config's name.
     export "$var=$(sha256sum <"$file" | cut -c1-12)"
   done
+}
+
+# This node's address in the swarm (what the other nodes and the endpoints use).
+node_address() {
+  docker info --format '{{.Swarm.NodeAddr}}'
+}
+
+# grafana_root_url ADDRESS: where users open Grafana (its port 80), for the links Grafana
+# builds (GF_SERVER_ROOT_URL in stack.yml): GRAFANA_ROOT_URL when set, else http://ADDRESS/.
+grafana_root_url() {
+  local addr=$1 url=${GRAFANA_ROOT_URL:-}
+  if [[ -n $url ]]; then
+    [[ $url =~ ^https?://[^/[:space:]]+(/[^[:space:]]*)?$ ]] ||
+      die "GRAFANA_ROOT_URL=$url is not an address like http://grafana.example.com/"
+    printf '%s\n' "$url"
+    return
+  fi
+  [[ -n $addr ]] || addr=localhost
+  # An IPv6 address goes in brackets in a URL.
+  [[ $addr == *:* ]] && addr="[$addr]"
+  printf 'http://%s/\n' "$addr"
 }
 
 mode_name() {
@@ -421,7 +445,7 @@ prune_old_configs() {
 
 print_swarm_endpoints() {
   local addr secrets_dir=$SWARM_STATE/secrets grafana_password
-  addr=$(docker info --format '{{.Swarm.NodeAddr}}')
+  addr=$(node_address)
   addr=${addr:-localhost}
   grafana_password="in $secrets_dir/grafana_admin_password"
   if [[ -f $secrets_dir/grafana_admin_password && $(<"$secrets_dir/grafana_admin_password") == "$GRAFANA_DEFAULT_PASSWORD" ]]; then
@@ -430,7 +454,7 @@ print_swarm_endpoints() {
   cat <<EOF
 
 The IoT platform is running (stack '$STACK', broker mode: $(mode_name)).
-  Grafana      http://$addr/         user assistant, password $grafana_password
+  Grafana      $GRAFANA_ROOT_URL         user assistant, password $grafana_password
   MQTT         $addr:1883            mosquitto_pub -h $addr -t UPB/RPi_1 -m '{"BAT": 99, "HUMID": 40}'
   HTTP API     http://$addr:8080/    through Kong; admin ${AUTH_ADMIN_USERNAME:-admin}, password in $secrets_dir/auth_admin_password
   phpMyAdmin   http://$addr:8081/    user auth_server, password in $secrets_dir/mysql_password
@@ -461,6 +485,8 @@ swarm_mode() {
   render_alertmanager_config
   export_mode
   export_config_hashes
+  GRAFANA_ROOT_URL=$(grafana_root_url "$(node_address)")
+  export GRAFANA_ROOT_URL
   local previous_mode=""
   [[ -f $SWARM_STATE/mode ]] && previous_mode=$(<"$SWARM_STATE/mode")
   if [[ $previous_mode == secure && $SECURE != true ]]; then

@@ -94,6 +94,12 @@ def test_influxdb_datasource_reads_iot_devices_over_the_stack_network() -> None:
     assert not {"user", "password", "basicAuth", "secureJsonData"} & set(ds)
 
 
+def test_influxdb_datasource_promises_no_setting_influxql_ignores() -> None:
+    # jsonData.maxSeries is read by Grafana's Flux path only (flux.go executeQuery); with
+    # InfluxQL it capped nothing.
+    assert "maxSeries" not in datasources()["influxdb-iot"]["jsonData"]
+
+
 def test_prometheus_datasource_for_monitoring() -> None:
     ds = datasources()["prometheus"]
     assert ds["type"] == "prometheus"

@@ -88,3 +88,42 @@ def test_config_names_follow_the_content_of_their_files(secure: bool, tmp_path: 
     broker_conf = Path(stack["configs"]["mosquitto_conf"]["file"]).name
     assert broker_conf == ("mosquitto-secure.conf" if secure else "mosquitto.conf")
     assert stack["services"]["auth_server"]["environment"]["MQTT_SECURE"] == str(secure).lower()
+
+
+@pytest.mark.parametrize(
+    ("address", "override", "url"),
+    [
+        ("10.0.0.5", "", "http://10.0.0.5/"),
+        ("fd00::5", "", "http://[fd00::5]/"),
+        ("", "", "http://localhost/"),
+        ("10.0.0.5", "https://grafana.example.com/", "https://grafana.example.com/"),
+        ("10.0.0.5", "http://10.0.0.5:8000/grafana/", "http://10.0.0.5:8000/grafana/"),
+    ],
+)
+def test_grafana_root_url(address: str, override: str, url: str) -> None:
+    """Where the links Grafana builds point: this node's swarm address, or GRAFANA_ROOT_URL."""
+    result = subprocess.run(
+        ["bash", "-c", 'source ./run.sh && grafana_root_url "$1"', "bash", address],
+        cwd=REPO_ROOT,
+        env={"PATH": "/usr/bin:/bin", "GRAFANA_ROOT_URL": override},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (0, url + "\n"), result.stderr
+
+
+@pytest.mark.parametrize("override", ["grafana.example.com", "ftp://x/", "http://", "http://a b/"])
+def test_grafana_root_url_refuses_what_is_no_address(override: str) -> None:
+    result = subprocess.run(
+        ["bash", "-c", "source ./run.sh && grafana_root_url 10.0.0.5"],
+        cwd=REPO_ROOT,
+        env={"PATH": "/usr/bin:/bin", "GRAFANA_ROOT_URL": override},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "GRAFANA_ROOT_URL" in result.stderr

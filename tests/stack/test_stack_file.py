@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tests.servers import REPO_ROOT
+from tests.stack.conftest import stack_config
 
 # CONTRACT section 6, "Required pairs", one line each; Prometheus' pairs are the
 # services it scrapes (the adapter, the auth server, Kong, InfluxDB, Grafana), and the
@@ -286,6 +287,23 @@ def test_grafana_provisioning_mounts_match_the_provider(stack: dict[str, Any]) -
     assert "/etc/grafana/provisioning/datasources/datasources.yml" in targets
     home = env(grafana)["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert home in targets
+
+
+def test_grafana_links_point_at_the_platform(stack: dict[str, Any], tmp_path: Path) -> None:
+    # Deployed by hand: port 80 of the machine itself (Grafana's own default would be :3000).
+    assert env(stack["services"]["grafana"])["GF_SERVER_ROOT_URL"] == "http://localhost/"
+    # run.sh passes the node's address (or the operator's GRAFANA_ROOT_URL) through.
+    chosen = stack_config({"GRAFANA_ROOT_URL": "https://grafana.example.com/"}, tmp_path)
+    assert env(chosen["services"]["grafana"])["GF_SERVER_ROOT_URL"] == "https://grafana.example.com/"
+
+
+def test_grafana_metrics_need_a_login(stack: dict[str, Any]) -> None:
+    # Port 80 is public and Grafana serves /metrics there too; with a user name and a
+    # password set it answers 401 to everyone else (pkg/api/http_server.go).
+    grafana = env(stack["services"]["grafana"])
+    assert grafana["GF_METRICS_BASIC_AUTH_USERNAME"]
+    assert grafana["GF_METRICS_BASIC_AUTH_PASSWORD__FILE"] == "/run/secrets/grafana_metrics_password"
+    assert str(grafana.get("GF_METRICS_ENABLED", "true")).lower() == "true", "Prometheus scrapes it"
 
 
 def test_kong_is_db_less_with_admin_api_off(stack: dict[str, Any]) -> None:
