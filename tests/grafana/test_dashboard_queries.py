@@ -27,6 +27,7 @@ from tests.grafana.grafana_model import (
     Refresh,
     TimeRange,
     calculate_interval,
+    custom_options,
     join_by_field,
     panel_width_px,
     refresh,
@@ -41,7 +42,7 @@ BATTERY_COLUMNS = ["Time Series", "Current Value", "Minimum Value", "Maximum Val
 SEED_REDUCERS = ("lastNotNull", "min", "max", "mean")
 # Every choice of the grouping variable, with the group it means for a 1,000 px panel
 # (auto: rangeutil roundInterval of range/1000 px, checked in test_grafana_model.py).
-GROUPINGS = {"1s": 1000, "10s": 10_000, "1m": 60_000}
+GROUPINGS = {"1s": 1000, "10s": 10_000, "1m": 60_000, "5m": 300_000}
 
 
 @dataclass(frozen=True)
@@ -207,19 +208,23 @@ def assert_series_equal(actual: Series, expected: Series) -> None:
         assert [v for _, v in actual[key]] == pytest.approx([v for _, v in points]), f"{key}: values differ"
 
 
-def auto_group_ms(dashboard: dict[str, Any], panel: dict[str, Any]) -> int:
-    """The group `auto` means for this panel on a 1,000 px dashboard (the default width)."""
+def groupings(dashboard: dict[str, Any], panel: dict[str, Any]) -> dict[str, int]:
+    """Every choice of the dashboard's grouping variable → the group it means for `panel`
+    on a 1,000 px dashboard (the default width); `auto` is what calculateInterval gives."""
     time_range = TimeRange(dashboard["time"]["from"], dashboard["time"]["to"], 0)
-    return calculate_interval(time_range, panel_width_px(panel, 1000), panel.get("interval"))
+    auto = calculate_interval(time_range, panel_width_px(panel, 1000), panel.get("interval"))
+    out = {**GROUPINGS, "auto": auto}
+    (variable,) = dashboard["templating"]["list"]
+    assert set(out) == set(custom_options(variable["query"])), "a choice is not tested"
+    return out
 
 
 def check_upb(influx: InfluxServer, database: str, samples: list[Sample]) -> None:
     dashboard = load_dashboard("upb_iot_data.json")
     graph = panel_of_type(dashboard, "timeseries")
     table = panel_of_type(dashboard, "table")
-    groupings = {**GROUPINGS, "auto": auto_group_ms(dashboard, graph)}
     for mode in Mode:
-        for choice, bucket_ms in groupings.items():
+        for choice, bucket_ms in groupings(dashboard, graph).items():
             now_ms = int(time.time() * 1000)
             expected = upb_expected(samples, now_ms, bucket_ms)
             result = run(influx, database, dashboard, mode, choices={"grouping": choice})
@@ -257,9 +262,8 @@ def check_battery(influx: InfluxServer, database: str, samples: list[Sample]) ->
     dashboard = load_dashboard("battery_dashboard.json")
     graph = panel_of_type(dashboard, "timeseries")
     table = panel_of_type(dashboard, "table")
-    groupings = {**GROUPINGS, "auto": auto_group_ms(dashboard, graph)}
     for mode in Mode:
-        for choice, bucket_ms in groupings.items():
+        for choice, bucket_ms in groupings(dashboard, graph).items():
             now_ms = int(time.time() * 1000)
             result = run(influx, database, dashboard, mode, choices={"grouping": choice})
             # One query for the graph, one aggregation for the table, nothing else.
@@ -272,7 +276,7 @@ def check_battery(influx: InfluxServer, database: str, samples: list[Sample]) ->
             bat = bat_samples(samples, now_ms)
             devices = {s.device for s in bat}
             # The table is InfluxDB's statistics of the stored readings, one row per device.
-            assert set(stats) == {(location, station) for location, station in devices}
+            assert set(stats) == devices
             for device in devices:
                 readings = sorted((s.time_ms, s.value) for s in bat if s.device == device)
                 values = [v for _, v in readings]
@@ -285,7 +289,7 @@ def check_battery(influx: InfluxServer, database: str, samples: list[Sample]) ->
             if choice != "1s":
                 continue
             # Against the seed's table (the reduce of the 1 s series): equal for every device
-            # with at most one reading per second, different for the one with more.
+            # with at most one reading per second, different for the two with more.
             seed = seed_statistics(result.shown[graph["id"]])
             regular = {d for d in devices if one_per_second(s for s in bat if s.device == d)}
             assert devices - regular == {("UPB", "RPi_1"), ("Lab", "Burst")}

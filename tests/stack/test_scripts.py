@@ -90,6 +90,19 @@ def test_config_names_follow_the_content_of_their_files(secure: bool, tmp_path: 
     assert stack["services"]["auth_server"]["environment"]["MQTT_SECURE"] == str(secure).lower()
 
 
+def grafana_root_url(address: str, override: str) -> subprocess.CompletedProcess[str]:
+    """run.sh's grafana_root_url ADDRESS with GRAFANA_ROOT_URL=override (empty: unset)."""
+    return subprocess.run(
+        ["bash", "-c", 'source ./run.sh && grafana_root_url "$1"', "bash", address],
+        cwd=REPO_ROOT,
+        env={"PATH": "/usr/bin:/bin", "GRAFANA_ROOT_URL": override},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
 @pytest.mark.parametrize(
     ("address", "override", "url"),
     [
@@ -102,28 +115,12 @@ def test_config_names_follow_the_content_of_their_files(secure: bool, tmp_path: 
 )
 def test_grafana_root_url(address: str, override: str, url: str) -> None:
     """Where the links Grafana builds point: this node's swarm address, or GRAFANA_ROOT_URL."""
-    result = subprocess.run(
-        ["bash", "-c", 'source ./run.sh && grafana_root_url "$1"', "bash", address],
-        cwd=REPO_ROOT,
-        env={"PATH": "/usr/bin:/bin", "GRAFANA_ROOT_URL": override},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = grafana_root_url(address, override)
     assert (result.returncode, result.stdout) == (0, url + "\n"), result.stderr
 
 
 @pytest.mark.parametrize("override", ["grafana.example.com", "ftp://x/", "http://", "http://a b/"])
 def test_grafana_root_url_refuses_what_is_no_address(override: str) -> None:
-    result = subprocess.run(
-        ["bash", "-c", "source ./run.sh && grafana_root_url 10.0.0.5"],
-        cwd=REPO_ROOT,
-        env={"PATH": "/usr/bin:/bin", "GRAFANA_ROOT_URL": override},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = grafana_root_url("10.0.0.5", override)
     assert result.returncode != 0
     assert "GRAFANA_ROOT_URL" in result.stderr
