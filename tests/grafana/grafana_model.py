@@ -24,6 +24,13 @@ are the reference; every function says which one it mirrors):
 Anything outside that subset (another variable type, an unknown transformation or
 reducer, a data source it does not know) raises `UnsupportedError`, so a dashboard edit can
 never be "proven" by a helper that silently ignored part of it.
+
+Where the sources were read: grafana/grafana's repository is too large to be fetched on the
+test machines, so its files were read from a code index that holds several versions of each
+(the 11.x InfluxDB data source, the Go InfluxQL backend, rangeutil.ts, the -- Dashboard --
+data source); the scenes library Grafana 11.3 dashboards run on (grafana/scenes, tag
+v5.20.3, October 2024) was read at its tag. Where versions differ (the InfluxDB format
+function), this model follows the one that escapes in more cases.
 """
 
 from __future__ import annotations
