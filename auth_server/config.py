@@ -6,7 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from adapter.config import ConfigError, env_int, read_secret
+from adapter.config import ConfigError, env_int, limits_from_env, read_secret
+from adapter.contract import DEFAULT_LIMITS, Limits
 
 # HS256 signs with HMAC-SHA256: a key shorter than the hash output weakens it (RFC 7518 3.2).
 MIN_JWT_SECRET_BYTES = 32
@@ -39,8 +40,10 @@ class AuthConfig:
     auth_host: str = "0.0.0.0"
     auth_port: int = 5000
     auth_threads: int = 8
-    # Same default as the adapter's MAX_MESSAGE_BYTES: one payload limit for MQTT and HTTP.
-    max_message_bytes: int = 256 * 1024
+    # The adapter's message and series limits (MAX_*), read the same way: one set of
+    # limits for MQTT and HTTP.
+    limits: Limits = DEFAULT_LIMITS
+    series_refresh_s: int = 300
     startup_timeout_s: int = 120
     mqtt_secure: bool = False
     mqtt_host: str = "localhost"
@@ -52,6 +55,10 @@ class AuthConfig:
     # Optional: the broker metrics exporter's account (reads $SYS/# and nothing else).
     broker_exporter_mqtt_username: str | None = None
     broker_exporter_mqtt_password: str | None = field(default=None, repr=False)
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.limits.max_message_bytes
 
     @property
     def reserved_usernames(self) -> frozenset[str]:
@@ -92,7 +99,8 @@ class AuthConfig:
             auth_host=env.get("AUTH_HOST") or d.auth_host,
             auth_port=env_int(env, "AUTH_PORT", d.auth_port, 1, 65535),
             auth_threads=env_int(env, "AUTH_THREADS", d.auth_threads, 1, 256),
-            max_message_bytes=env_int(env, "MAX_MESSAGE_BYTES", d.max_message_bytes, 2, 64 * 1024 * 1024),
+            limits=limits_from_env(env),
+            series_refresh_s=env_int(env, "SERIES_REFRESH_INTERVAL", d.series_refresh_s, 0, 86400),
             startup_timeout_s=env_int(env, "STARTUP_TIMEOUT", d.startup_timeout_s, 1, 3600),
             mqtt_secure=_bool(env, "MQTT_SECURE"),
             mqtt_host=env.get("MQTT_HOST") or d.mqtt_host,

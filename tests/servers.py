@@ -302,6 +302,25 @@ class AdapterProcess(ManagedServer):
                     return float(sample.value)
         return 0.0
 
+    def samples(self, name: str, label: str = "reason") -> dict[str, float]:
+        """Every sample of `name` by the value of one label: samples("adapter_points_dropped_total")."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        return {
+            sample.labels.get(label, ""): float(sample.value)
+            for family in text_string_to_metric_families(self.metrics_text())
+            for sample in family.samples
+            if sample.name == name
+        }
+
+    def peak_rss_bytes(self) -> int:
+        """The process's peak resident memory (VmHWM) so far."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise ServerError("no VmHWM in /proc/<pid>/status")
+
 
 class BrokerExporterProcess(ManagedServer):
     """The real broker metrics exporter, run as `python -m broker_exporter` from the repository root."""

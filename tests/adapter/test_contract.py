@@ -6,6 +6,7 @@ import pytest
 
 from adapter.contract import (
     Ignore,
+    Limits,
     ParsedMessage,
     Point,
     Reject,
@@ -144,8 +145,8 @@ def test_whole_message_rejects(payload: bytes, reject: Reject) -> None:
 
 
 def test_size_limit_counts_bytes() -> None:
-    assert parse_message("L/S", b'{"a": 1}', 0, max_bytes=7) is Reject.TOO_LARGE
-    assert isinstance(parse_message("L/S", b'{"a": 1}', 0, max_bytes=8), ParsedMessage)
+    assert parse_message("L/S", b'{"a": 1}', 0, Limits(max_message_bytes=7)) is Reject.TOO_LARGE
+    assert isinstance(parse_message("L/S", b'{"a": 1}', 0, Limits(max_message_bytes=8)), ParsedMessage)
 
 
 def test_backlog_array_elements_are_separate_messages() -> None:
