@@ -294,10 +294,13 @@ class MqttSource:
         # Id 0 marks a QoS 0 message, which has no ack.
         self.client.ack_many([mid for generation, mid in acks if generation == current and mid])
 
-    def clear_retained(self, topics: list[str]) -> None:
-        """An empty retained message on each topic: the broker deletes what it retained there."""
-        for topic in dict.fromkeys(topics):
+    def clear_retained(self, topics: list[str]) -> int:
+        """An empty retained message on each topic: the broker deletes what it retained there.
+        Returns how many topics were cleared."""
+        distinct = dict.fromkeys(topics)
+        for topic in distinct:
             self.client.publish(topic, b"", qos=1, retain=True)
+        return len(distinct)
 
     def _on_connect(
         self,
@@ -499,8 +502,7 @@ class Adapter:
                 return
             self.source.ack(batch.acks)
             if batch.retained:
-                self.source.clear_retained(batch.retained)
-                self.metrics.retained_cleared.inc(len(batch.retained))
+                self.metrics.retained_cleared.inc(self.source.clear_retained(batch.retained))
             self._in_flight = 0
             self.metrics.batch_latency_seconds.observe(time.monotonic() - batch.first_received)
             self.metrics.device_last_seen.update(batch.seen)
@@ -520,9 +522,9 @@ class Adapter:
     def _write_span(self, batch: Batch, first: int, stop: int, line_lo: int = -1, line_hi: int = -1) -> None:
         """Write messages [first, stop) (or lines [line_lo, line_hi) of one message).
 
-        A refused write is split in halves, by message, until each refusal is pinned on one
-        message: its refused points are counted and logged, everything else is stored. A
-        single message whose lines InfluxDB finds too large (413) is split by lines.
+        A refused write is split in halves, by message and then by line, until each refusal
+        is pinned on one line of one message: it is counted by reason and logged, everything
+        else is stored. Rewriting a half InfluxDB already stored rewrites the same points.
         """
         if line_lo < 0:
             line_lo = batch.ends[first - 1] if first else 0
@@ -542,17 +544,19 @@ class Adapter:
             middle = (first + stop) // 2
             self._write_span(batch, first, middle)
             self._write_span(batch, middle, stop)
-        elif result.too_large and len(lines) > 1:
+        elif len(lines) > 1:
+            # Within one message, down to single lines: InfluxDB names only the first reason
+            # of a refusal, and does not count unparsable lines next to refused points.
             middle = (line_lo + line_hi) // 2
             self._write_span(batch, first, stop, line_lo, middle)
             self._write_span(batch, first, stop, middle, line_hi)
         else:
-            self._account_refused(result, batch.devices[first], len(lines))
+            self._account_refused(result, batch.devices[first])
 
     def _oversized(self, lines: list[str]) -> bool:
         return sum(map(len, lines)) + len(lines) > self.config.max_batch_bytes
 
-    def _account_refused(self, result: WriteResult, device: tuple[str, str], lines: int) -> None:
+    def _account_refused(self, result: WriteResult, device: tuple[str, str]) -> None:
         self.metrics.points_written.inc(result.written)
         self.metrics.write_errors.labels("permanent").inc()
         for why, count in result.refused:
@@ -561,9 +565,7 @@ class Adapter:
         hint = " (InfluxDB's max-body-size is below MAX_BATCH_BYTES)" if result.too_large else ""
         self._warnings.warning(
             why.value,
-            "InfluxDB refused %d of %d points of %s/%s for good (%s)%s: %s",
-            result.refused_count,
-            lines,
+            "InfluxDB refused a point of %s/%s for good (%s)%s: %s",
             device[0],
             device[1],
             why.value,

@@ -194,7 +194,9 @@ class InfluxServer(ManagedServer):
 
     name = "influxd"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, data_options: str = "", http_options: str = "") -> None:
+        """`data_options`, `http_options`: extra lines for the [data] and [http] sections
+        (e.g. `max-values-per-tag = 5`)."""
         super().__init__(workdir)
         self.port = free_port()
         self.binary = require_binary("influxd")
@@ -206,7 +208,9 @@ class InfluxServer(ManagedServer):
             f'[meta]\n  dir = "{workdir}/meta"\n'
             f'[data]\n  dir = "{workdir}/data"\n  wal-dir = "{workdir}/wal"\n'
             "  query-log-enabled = false\n"
+            f"{data_options}\n"
             f'[http]\n  bind-address = "127.0.0.1:{self.port}"\n  log-enabled = false\n'
+            f"{http_options}\n"
             "[monitor]\n  store-enabled = false\n"
         )
 
