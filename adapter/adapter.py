@@ -356,6 +356,78 @@ class MqttSource:
         self.on_message(self.generation, message.topic, 0, message.payload, bool(message.retain))
 
 
+class RetainedSweeper:
+    """Clears the retained messages the adapter did not see arrive: those from before it
+    started, or dropped from its session's queue once the broker's queue limit was reached.
+
+    A short clean-start connection subscribes to the adapter's topic filter asking for the
+    retained messages, and clears every one it is sent (an empty retained message on its
+    topic). They are not stored: a retained message is old state, and a live copy of it still
+    reaches the adapter's own session. The broker sends a subscriber the retained messages
+    before anything published after the subscription, so an empty retained message on a
+    topic of the sweep's own (the marker, which the adapter ignores like any clear) ends it.
+    """
+
+    def __init__(self, config: AdapterConfig, timeout_s: float = 120.0) -> None:
+        self._config = config
+        self._timeout_s = timeout_s
+        topic = config.mqtt_topic
+        if topic.startswith("$share/"):
+            # The broker sends no retained messages to a shared subscription.
+            topic = topic.split("/", 2)[2]
+        self.topic_filter = topic
+
+    def sweep(self) -> int:
+        """One sweep; returns how many retained messages it cleared. Raises SweepError."""
+        marker_name = f"sweep-{random.getrandbits(64):016x}"
+        marker = "/".join(
+            marker_name if level in ("#", "+") else level for level in self.topic_filter.split("/")
+        )
+        done = threading.Event()
+        subscribed = threading.Event()
+        cleared: list[mqtt.MQTTMessageInfo] = []
+        client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"{self._config.mqtt_client_id}-sweep",
+            protocol=mqtt.MQTTv5,
+        )
+        if self._config.mqtt_username:
+            client.username_pw_set(self._config.mqtt_username, self._config.mqtt_password)
+
+        def on_message(c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
+            if message.topic == marker:
+                done.set()
+            elif message.retain and message.payload:
+                cleared.append(c.publish(message.topic, b"", qos=1, retain=True))
+
+        client.on_message = on_message
+        client.on_subscribe = lambda *_: subscribed.set()
+        try:
+            client.connect(self._config.mqtt_host, self._config.mqtt_port, keepalive=30, clean_start=True)
+        except OSError as exc:
+            raise SweepError(f"cannot connect to the broker: {exc}") from exc
+        client.loop_start()
+        try:
+            options = SubscribeOptions(qos=0, retainHandling=SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE)
+            client.subscribe(self.topic_filter, options=options)
+            if not subscribed.wait(self._timeout_s):
+                raise SweepError("no SUBACK")
+            client.publish(marker, b"", qos=1, retain=True)
+            if not done.wait(self._timeout_s):
+                raise SweepError(f"the retained messages did not end within {self._timeout_s:.0f}s")
+            if cleared:
+                # PUBACKs come in order: the last one acknowledges them all.
+                cleared[-1].wait_for_publish(self._timeout_s)
+            return len(cleared)
+        finally:
+            client.disconnect()
+            client.loop_stop()
+
+
+class SweepError(Exception):
+    """A sweep of retained messages did not complete (it is tried again later)."""
+
+
 class Adapter:
     """Wires the broker, the contract and InfluxDB together, and owns the writer thread."""
 
@@ -387,6 +459,8 @@ class Adapter:
         self.source.on_message = self.handle_message
         self._writer_thread = threading.Thread(target=self._write_loop, name="influx-writer", daemon=True)
         self._series_thread = threading.Thread(target=self._series_loop, name="series-budget", daemon=True)
+        self.sweeper = RetainedSweeper(config)
+        self._sweep_thread = threading.Thread(target=self._sweep_loop, name="retained-sweep", daemon=True)
         self._in_flight = 0
         # Stop handling: `_stopping` wakes the threads' waits; `_stop_deadline` ends retrying.
         self._stopping = threading.Event()
@@ -639,12 +713,31 @@ class Adapter:
                 return
             self.source.start()
             self._reading = True
+        if self.config.retained_sweep_s:
+            self._sweep_thread.start()
         interval = self.config.series_refresh_s
         while interval and not self._stopping.wait(interval):
             try:
                 self.budget_keeper.load()
             except TransientWriteError as exc:
                 log.warning("Cannot refresh the series budget from InfluxDB: %s", exc)
+
+    def _sweep_loop(self) -> None:
+        """A sweep of retained messages at start, then every RETAINED_SWEEP_INTERVAL."""
+        while not self._stopping.is_set():
+            try:
+                cleared = self.sweeper.sweep()
+                self.metrics.retained_sweeps.inc()
+                self.metrics.retained_cleared.inc(cleared)
+                if cleared:
+                    log.info("Cleared %d retained messages the broker still held", cleared)
+            except SweepError as exc:
+                log.warning(
+                    "Sweep of retained messages failed (%s); next one in %ds",
+                    exc,
+                    self.config.retained_sweep_s,
+                )
+            self._stopping.wait(self.config.retained_sweep_s)
 
     # --- lifecycle -------------------------------------------------------------------
 

@@ -104,6 +104,7 @@ class AdapterConfig:
     # broker; with one write's timeout (10 s) it stays inside the stack's 30 s grace period.
     stop_timeout_s: int = 15
     series_refresh_s: int = 300
+    retained_sweep_s: int = 300
     device_metrics_ttl_s: int = 86400
     max_device_metrics: int = 10_000
     limits: Limits = DEFAULT_LIMITS
@@ -156,6 +157,7 @@ class AdapterConfig:
             max_unacked=env_int(env, "MAX_UNACKED", d.max_unacked, 1, 65535),
             stop_timeout_s=env_int(env, "STOP_TIMEOUT", d.stop_timeout_s, 0, 3600),
             series_refresh_s=env_int(env, "SERIES_REFRESH_INTERVAL", d.series_refresh_s, 0, 86400),
+            retained_sweep_s=env_int(env, "RETAINED_SWEEP_INTERVAL", d.retained_sweep_s, 0, 86400),
             device_metrics_ttl_s=env_int(env, "DEVICE_METRICS_TTL", d.device_metrics_ttl_s, 1, 365 * 86400),
             max_device_metrics=env_int(env, "MAX_DEVICE_METRICS", d.max_device_metrics, 0, 10_000_000),
             limits=limits_from_env(env),

@@ -127,7 +127,12 @@ class AdapterMetrics:
         self.series_limit = Gauge("adapter_series_limit", "Series budget (MAX_SERIES)", registry=r)
         self.retained_cleared = Counter(
             "adapter_retained_cleared",
-            "Retained messages the adapter cleared from the broker after handling them",
+            "Retained messages the adapter cleared from the broker (once handled, or by a sweep)",
+            registry=r,
+        )
+        self.retained_sweeps = Counter(
+            "adapter_retained_sweeps",
+            "Sweeps for retained messages the adapter did not see arrive",
             registry=r,
         )
         self.device_last_seen = DeviceLastSeen(device_ttl_s, max_devices)

@@ -420,6 +420,29 @@ def test_retained_messages_are_stored_as_readings_and_cleared(
     assert (broker.workdir / "mosquitto.db").stat().st_size < 1024 * 1024
 
 
+def test_retained_messages_from_before_the_adapter_are_swept_not_stored(
+    broker: MosquittoServer, influx: InfluxServer, database: str, make_adapter: Callable[..., AdapterProcess]
+) -> None:
+    # Retained while no adapter session existed (or dropped from its queue at the broker's
+    # limit): the adapter never receives them as messages; its sweep clears them at start.
+    old = [(f"Old/T{i}", json.dumps({"v": i, "pad": "x" * 100_000})) for i in range(50)]
+    old += [(f"Old/T{i}/deeper", "x" * 100_000) for i in range(50)]
+    publish(broker, old, retain=True)
+    assert retained_on_broker(broker) == 100
+    adapter = make_adapter(
+        broker, influx, database, MQTT_TOPIC="$share/adapters/#", RETAINED_SWEEP_INTERVAL="3600"
+    )
+    wait_for(lambda: adapter.metric("adapter_retained_sweeps_total") == 1, 30, "the first sweep")
+    assert adapter.metric("adapter_retained_cleared_total") == 100
+    assert retained_on_broker(broker) == 0
+    assert "Cleared 100 retained messages the broker still held" in adapter.log_text()
+    # Old state, not new readings: nothing of them is stored.
+    publish(broker, [reading(0, 0)])
+    wait_valid_stored(influx, database, 1)
+    assert influx.count_points(database) == 2
+    assert rejected(adapter) == {}
+
+
 # --- 6. partial writes -------------------------------------------------------------------
 
 
