@@ -62,6 +62,9 @@ SHOWN_CHARS = 300
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 
 
+_REFUSED_KEYS = frozenset({Ignore.BAD_NAME, Ignore.KEY_TOO_LONG})
+
+
 def shown(text: str) -> str:
     """`text` as it is safe to log."""
     cut = text[:SHOWN_CHARS]
@@ -259,9 +262,6 @@ class MqttSource:
         # QoS 0 messages (a device that does not ask for delivery guarantees) take paho's
         # ordinary path; they need no ack.
         client.on_message = self._dispatch_message
-        # Clears of retained messages wait here while the connection is down; paho resends
-        # the unacknowledged ones on the same session.
-        client.max_queued_messages_set(0)
         self.client = client
 
     def start(self) -> None:
@@ -296,10 +296,14 @@ class MqttSource:
 
     def clear_retained(self, topics: list[str]) -> int:
         """An empty retained message on each topic: the broker deletes what it retained there.
-        Returns how many topics were cleared."""
+        Returns how many topics were cleared.
+
+        QoS 0: nothing waits for an acknowledgement, so the broker frees the messages as fast
+        as they are handled (QoS 1 would let at most paho's in-flight window through at a
+        time). A clear lost in a disconnection is left to the next sweep."""
         distinct = dict.fromkeys(topics)
         for topic in distinct:
-            self.client.publish(topic, b"", qos=1, retain=True)
+            self.client.publish(topic, b"", qos=0, retain=True)
         return len(distinct)
 
     def _on_connect(
@@ -408,7 +412,8 @@ class RetainedSweeper:
             raise SweepError(f"cannot connect to the broker: {exc}") from exc
         client.loop_start()
         try:
-            options = SubscribeOptions(qos=0, retainHandling=SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE)
+            # QoS 1: past its queue limit the broker would drop QoS 0 messages for a slow reader.
+            options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE)
             client.subscribe(self.topic_filter, options=options)
             if not subscribed.wait(self._timeout_s):
                 raise SweepError("no SUBACK")
@@ -520,7 +525,9 @@ class Adapter:
             return
         for key, why in record.ignored:
             self._ignore_counters[why].inc()
-            if debug:
+            # Keys refused by a name rule are logged; values that are not numbers are simply
+            # not readings (a device's "status": "OK"), as the contract says.
+            if debug and why in _REFUSED_KEYS:
                 flow_log.info("Ignored %s.%s.%s: %s", parsed.location, parsed.station, shown(key), why.value)
         if debug:
             if record.device_time is None:
@@ -726,10 +733,14 @@ class Adapter:
         """A sweep of retained messages at start, then every RETAINED_SWEEP_INTERVAL."""
         while not self._stopping.is_set():
             try:
-                cleared = self.sweeper.sweep()
-                self.metrics.retained_sweeps.inc()
-                self.metrics.retained_cleared.inc(cleared)
-                if cleared:
+                # The broker sends one subscriber at most its queue limit's worth of retained
+                # messages (max_queued_bytes): sweep again until a sweep finds none.
+                for _ in range(1000):
+                    cleared = self.sweeper.sweep()
+                    self.metrics.retained_sweeps.inc()
+                    self.metrics.retained_cleared.inc(cleared)
+                    if not cleared or self._stopping.is_set():
+                        break
                     log.info("Cleared %d retained messages the broker still held", cleared)
             except SweepError as exc:
                 log.warning(

@@ -12,23 +12,21 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
-
-from tests.mqtt_client import Publisher
+from tests.mqtt_client import Intruder, Publisher, retained_count
 from tests.servers import AdapterProcess, InfluxServer, MosquittoServer, wait_for
 
 T0 = 1_700_000_000
 SERVICE_LIMIT = 512 * 1024 * 1024  # the adapter's memory limit in stack.yml
 # The adapter at rest is about 40 MB; what a test adds must stay well inside the limit.
 RSS_BOUND = SERVICE_LIMIT // 2
+
+
+def readings(start: int, stop: int) -> list[Message]:
+    return [reading(i % 20, i) for i in range(start, stop)]
 
 
 def reading(device: int, i: int, location: str = "Valid") -> tuple[str, str]:
@@ -259,33 +257,6 @@ def test_memory_stays_bounded_whatever_the_messages_hold(
 # --- 4. session takeover -----------------------------------------------------------------
 
 
-class Intruder:
-    """An MQTT 5 client that counts every message the broker hands it."""
-
-    def __init__(self, port: int, client_id: str, clean_start: bool, subscribe: str | None = None) -> None:
-        self.received = 0
-        self.connected = threading.Event()
-        self.client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
-        )
-        self.client.on_connect = lambda *_: self.connected.set()
-        self.client.on_message = self._count
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 3600
-        self.client.connect("127.0.0.1", port, clean_start=clean_start, properties=props)
-        self.client.loop_start()
-        assert self.connected.wait(5)
-        if subscribe:
-            self.client.subscribe(subscribe, options=SubscribeOptions(qos=1))
-
-    def _count(self, *_: object) -> None:
-        self.received += 1
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
 def test_nobody_can_take_over_the_adapters_session(
     broker: MosquittoServer,
     influx: InfluxServer,
@@ -312,13 +283,11 @@ def test_nobody_can_take_over_the_adapters_session(
         Intruder(broker.port, "iot-adapter-2", clean_start=False),
     ]
     sharer = Intruder(broker.port, "stranger", clean_start=True, subscribe="$share/adapters/#")
-    first = [reading(i % 20, i) for i in range(300)]
-    publish(broker, first)
+    publish(broker, readings(0, 300))
     wait_handled(adapter, 300)
     # The adapter's backlog while it is away, and strangers wiping sessions by clean starts.
     adapter.stop()
-    second = [reading(i % 20, i) for i in range(300, 900)]
-    publish(broker, second)
+    publish(broker, readings(300, 900))
     for client_id in ("iot-adapter", "iot-adapter-1", "adapter-1"):
         Intruder(broker.port, client_id, clean_start=True).close()
     adapter.start()
@@ -336,37 +305,7 @@ def test_nobody_can_take_over_the_adapters_session(
 
 
 def retained_on_broker(broker: MosquittoServer) -> int:
-    """How many retained messages a new subscriber to `#` is sent.
-
-    The broker sends them right after the SUBACK, before anything published later: a marker
-    published once subscribed ends the count (on a `$` topic, which `#` never matches, so
-    the adapter does not see it)."""
-    retained = 0
-    marker = threading.Event()
-    subscribed = threading.Event()
-
-    def on_message(_c: object, _u: object, message: mqtt.MQTTMessage) -> None:
-        nonlocal retained
-        if message.topic == "$probe/marker":
-            marker.set()
-        elif message.retain:
-            retained += 1
-
-    client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.on_message = on_message
-    client.on_subscribe = lambda *_: subscribed.set()
-    client.connect("127.0.0.1", broker.port)
-    client.loop_start()
-    try:
-        options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE)
-        client.subscribe([("#", options), ("$probe/marker", SubscribeOptions(qos=1))])
-        assert subscribed.wait(5)
-        client.publish("$probe/marker", b"end", qos=1)
-        assert marker.wait(10), "the marker never came back"
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return retained
+    return retained_count(broker.port)
 
 
 def broker_rss(broker: MosquittoServer) -> int:
@@ -432,7 +371,8 @@ def test_retained_messages_from_before_the_adapter_are_swept_not_stored(
     adapter = make_adapter(
         broker, influx, database, MQTT_TOPIC="$share/adapters/#", RETAINED_SWEEP_INTERVAL="3600"
     )
-    wait_for(lambda: adapter.metric("adapter_retained_sweeps_total") == 1, 30, "the first sweep")
+    # One sweep clears them, the next finds none and ends the round.
+    wait_for(lambda: adapter.metric("adapter_retained_sweeps_total") == 2, 30, "the first round of sweeps")
     assert adapter.metric("adapter_retained_cleared_total") == 100
     assert retained_on_broker(broker) == 0
     assert "Cleared 100 retained messages the broker still held" in adapter.log_text()
@@ -491,12 +431,10 @@ def test_sigterm_during_retries_ends_in_time_and_loses_nothing(
     make_adapter: Callable[..., AdapterProcess],
 ) -> None:
     adapter = make_adapter(broker, own_influx, database, STOP_TIMEOUT="3")
-    first = [reading(i % 20, i) for i in range(200)]
-    publish(broker, first)
+    publish(broker, readings(0, 200))
     wait_handled(adapter, 200)
     own_influx.stop()
-    second = [reading(i % 20, i) for i in range(200, 700)]
-    publish(broker, second)
+    publish(broker, readings(200, 700))
     wait_for(lambda: adapter.metric("adapter_write_retries_total") > 0, 30, "a failed write")
     assert adapter.proc is not None
     adapter.proc.send_signal(signal.SIGTERM)
