@@ -6,7 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from adapter.config import ConfigError, env_int, read_secret
+from adapter.config import ConfigError, env_int, limits_from_env, read_secret
+from adapter.contract import DEFAULT_LIMITS, Limits
 
 # HS256 signs with HMAC-SHA256: a key shorter than the hash output weakens it (RFC 7518 3.2).
 MIN_JWT_SECRET_BYTES = 32
@@ -85,9 +86,11 @@ class AuthConfig:
     client_timeout_s: int = 10
     # Open client connections the server holds at once; more wait in the listen backlog.
     max_connections: int = 1000
-    # Same default as the adapter's MAX_MESSAGE_BYTES: one payload limit for MQTT and HTTP.
-    max_message_bytes: int = 256 * 1024
     login: LoginLimits = field(default_factory=LoginLimits)
+    # The adapter's message and series limits (MAX_*), read the same way: one set of
+    # limits for MQTT and HTTP.
+    limits: Limits = DEFAULT_LIMITS
+    series_refresh_s: int = 300
     startup_timeout_s: int = 120
     mqtt_secure: bool = False
     mqtt_host: str = "localhost"
@@ -99,6 +102,10 @@ class AuthConfig:
     # Optional: the broker metrics exporter's account (reads $SYS/# and nothing else).
     broker_exporter_mqtt_username: str | None = None
     broker_exporter_mqtt_password: str | None = field(default=None, repr=False)
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.limits.max_message_bytes
 
     @property
     def reserved_usernames(self) -> frozenset[str]:
@@ -142,8 +149,9 @@ class AuthConfig:
             trusted_proxy_hops=env_int(env, "TRUSTED_PROXY_HOPS", d.trusted_proxy_hops, 0, 10),
             client_timeout_s=env_int(env, "AUTH_CLIENT_TIMEOUT", d.client_timeout_s, 1, 600),
             max_connections=env_int(env, "AUTH_MAX_CONNECTIONS", d.max_connections, 10, 100_000),
-            max_message_bytes=env_int(env, "MAX_MESSAGE_BYTES", d.max_message_bytes, 2, 64 * 1024 * 1024),
             login=LoginLimits.from_env(env),
+            limits=limits_from_env(env),
+            series_refresh_s=env_int(env, "SERIES_REFRESH_INTERVAL", d.series_refresh_s, 0, 86400),
             startup_timeout_s=env_int(env, "STARTUP_TIMEOUT", d.startup_timeout_s, 1, 3600),
             mqtt_secure=_bool(env, "MQTT_SECURE"),
             mqtt_host=env.get("MQTT_HOST") or d.mqtt_host,

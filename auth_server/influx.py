@@ -18,7 +18,7 @@ class InfluxUnavailableError(RuntimeError):
 
 
 class InfluxRejectedError(RuntimeError):
-    """InfluxDB refused the write (HTTP 400); some points of it may have been stored."""
+    """InfluxDB refused the write for good (HTTP 4xx); some points of it may have been stored."""
 
 
 class InfluxClient:
@@ -53,7 +53,7 @@ class InfluxClient:
                 result = self._writer.write_lines(lines)
         except TransientWriteError as exc:
             raise InfluxUnavailableError(str(exc)) from exc
-        if result.dropped:
+        if result.refused:
             raise InfluxRejectedError(result.error)
 
     def query(self, q: str, bind: Mapping[str, Any]) -> list[dict[str, Any]]:

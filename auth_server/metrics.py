@@ -51,6 +51,13 @@ class AuthMetrics:
         self.points_written = Counter(
             "auth_points_written", "Points written to InfluxDB through the HTTP data API", registry=r
         )
+        # The reasons are the adapter's (adapter.contract Reject and Drop values).
+        self.data_rejected = Counter(
+            "auth_data_rejected",
+            "HTTP data writes refused whole by the message contract, a limit or a series budget, by reason",
+            ["reason"],
+            registry=r,
+        )
         # Both results exist from the start, so a rate() over failures works before the first one.
         for result in ("success", "failure"):
             self.logins.labels(result=result)

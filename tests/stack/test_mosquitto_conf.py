@@ -51,6 +51,7 @@ class Paths:
         """The container's paths and port replaced by this test's (nothing else changes)."""
         return (
             text.replace("/mosquitto/config/mosquitto.conf", str(self.conf))
+            .replace("/mosquitto/config/mosquitto-open.acl", str(CONF_DIR / "mosquitto-open.acl"))
             .replace("/mosquitto/data/", f"{self.data}/")
             .replace("/mosquitto/log/", f"{self.log}/")
             .replace("/run/secrets/", f"{self.secrets}/")
@@ -176,6 +177,37 @@ def test_default_conf_lets_anonymous_clients_publish_and_subscribe(default_broke
     assert not (paths.data / "dynamic-security.json").exists()
 
 
+def test_default_conf_refuses_only_the_topics_mqtt_reserves_for_the_broker(default_broker: Any) -> None:
+    # `$` topics are invisible to `#`: retained messages there would stay in the broker's memory
+    # where the adapter, which clears every retained message it sees, never sees them.
+    server, _ = default_broker
+    marker = f"stacktest/{uuid.uuid4().hex}"
+    watcher = Subscriber(server.port)
+    publisher = Subscriber(server.port)
+    acks: queue.Queue[tuple[int, bool]] = queue.Queue()
+    publisher.client.on_publish = lambda c, u, mid, rc, p: acks.put((mid, rc.is_failure))
+    try:
+        watcher.subscribe("$junk/#")
+        watcher.subscribe("$SYS/broker/version")
+        watcher.subscribe(f"{marker}/#")
+        refused = publisher.client.publish("$junk/x", b"y" * 200_000, qos=1, retain=True)
+        assert acks.get(timeout=10) == (refused.mid, True)  # MQTT 5 PUBACK "not authorized"
+        accepted = publisher.client.publish(f"{marker}/ok", b"1", qos=1, retain=True)
+        assert acks.get(timeout=10) == (accepted.mid, False)
+        # The broker's own statistics still reach a subscriber (the health check reads one).
+        topics = {topic for topic, _ in watcher.take(2)}
+        assert topics == {"$SYS/broker/version", f"{marker}/ok"}
+        late = Subscriber(server.port)
+        late.subscribe("$junk/#")
+        late.subscribe(f"{marker}/#")
+        assert late.take(1) == [(f"{marker}/ok", b"1")]  # the retained one elsewhere is kept
+        assert late.messages.empty()
+        late.close()
+    finally:
+        publisher.close()
+        watcher.close()
+
+
 def test_default_conf_keeps_data_and_logs_in_the_volumes(default_broker: Any) -> None:
     server, paths = default_broker
     server.stop()
@@ -277,7 +309,7 @@ def code_lines(name: str) -> list[str]:
 
 
 def test_secure_conf_differs_only_in_access_control() -> None:
-    access = ("allow_anonymous", "plugin", "plugin_opt_config_file")
+    access = ("allow_anonymous", "acl_file", "plugin", "plugin_opt_config_file")
     default = [line for line in code_lines("mosquitto.conf") if not line.startswith(access)]
     secure = [line for line in code_lines("mosquitto-secure.conf") if not line.startswith(access)]
     assert secure == default

@@ -394,8 +394,12 @@ def test_adapter_and_auth_server_agree_on_the_adapter_account(stack: dict[str, A
     assert exporter["MQTT_USERNAME"] == auth["BROKER_EXPORTER_MQTT_USERNAME"]
     assert exporter["MQTT_PASSWORD_FILE"] == auth["BROKER_EXPORTER_MQTT_PASSWORD_FILE"]
     assert adapter["MQTT_TOPIC"] == "#"
-    # One persistent session per replica slot (Swarm fills in the template).
-    assert "{{.Task.Slot}}" in adapter["MQTT_CLIENT_ID"]
+    # One persistent session per replica slot (Swarm fills in the template), named after a
+    # secret so that nobody can take it over.
+    assert "MQTT_CLIENT_ID" not in adapter
+    assert adapter["MQTT_CLIENT_ID_FILE"] == "/run/secrets/adapter_mqtt_client_id"
+    assert "{{.Task.Slot}}" in adapter["MQTT_CLIENT_ID_SUFFIX"]
+    assert stack["secrets"]["adapter_mqtt_client_id"]["name"] == "iot_adapter_mqtt_client_id"
 
 
 def test_auth_server_and_mysql_agree_on_the_account(stack: dict[str, Any]) -> None:
