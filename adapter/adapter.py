@@ -276,7 +276,13 @@ class Adapter:
         self.metrics.unacked_limit.set(config.max_unacked)
         # Read when scraped: the MQTT thread's hot path does no gauge bookkeeping.
         self.metrics.unacked.set_function(lambda: self.collector.pending() + self._in_flight)
-        self.writer = InfluxWriter(config.influxdb_host, config.influxdb_port, config.influxdb_database)
+        self.writer = InfluxWriter(
+            config.influxdb_host,
+            config.influxdb_port,
+            config.influxdb_database,
+            username=config.influxdb_username,
+            password=config.influxdb_password,
+        )
         self.collector = BatchCollector(
             config.batch_size, config.flush_interval_ms / 1000, max_pending=config.max_unacked
         )
@@ -448,7 +454,7 @@ def main() -> int:
     configure_logging(config.debug_data_flow)
     adapter = Adapter(config)
     if config.metrics_port:
-        start_http_server(config.metrics_port, registry=adapter.metrics.registry)
+        start_http_server(config.metrics_port, addr=config.metrics_address, registry=adapter.metrics.registry)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

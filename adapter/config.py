@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class ConfigError(ValueError):
@@ -41,6 +42,25 @@ def env_int(env: Mapping[str, str], name: str, default: int, low: int, high: int
     return value
 
 
+def env_address(env: Mapping[str, str], name: str, default: str) -> str:
+    """A listen address: an IPv4 or IPv6 literal (a host name could resolve anywhere)."""
+    raw = env.get(name) or default
+    try:
+        ipaddress.ip_address(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r}: expected an IP address such as 127.0.0.1 or 0.0.0.0") from exc
+    return raw
+
+
+def credentials(env: Mapping[str, str], user_var: str, password_var: str) -> tuple[str | None, str | None]:
+    """A user name and its password (`PASSWORD` or `PASSWORD_FILE`), both or neither."""
+    username = env.get(user_var) or None
+    password = read_secret(env, password_var)
+    if (username is None) != (password is None):
+        raise ConfigError(f"{user_var} and {password_var} (or {password_var}_FILE) go together")
+    return username, password
+
+
 @dataclass(frozen=True)
 class AdapterConfig:
     mqtt_host: str = "localhost"
@@ -54,7 +74,13 @@ class AdapterConfig:
     influxdb_host: str = "localhost"
     influxdb_port: int = 8086
     influxdb_database: str = "IoT_Devices"
+    # Sent with every request; an InfluxDB without authentication (the default profile)
+    # ignores them, one with it (`./run.sh --secure`) requires them.
+    influxdb_username: str | None = None
+    influxdb_password: str | None = field(default=None, repr=False)
     debug_data_flow: bool = False
+    # Loopback unless told otherwise: the metrics are for Prometheus, not for the network.
+    metrics_address: str = "127.0.0.1"
     metrics_port: int = 8000
     batch_size: int = 5000
     flush_interval_ms: int = 50
@@ -66,6 +92,7 @@ class AdapterConfig:
         env = os.environ if env is None else env
         d = cls()
         topic = env.get("MQTT_TOPIC") or d.mqtt_topic
+        influxdb_username, influxdb_password = credentials(env, "INFLUXDB_USERNAME", "INFLUXDB_PASSWORD")
         return cls(
             mqtt_host=env.get("MQTT_HOST") or d.mqtt_host,
             mqtt_port=env_int(env, "MQTT_PORT", d.mqtt_port, 1, 65535),
@@ -77,8 +104,11 @@ class AdapterConfig:
             influxdb_host=env.get("INFLUXDB_HOST") or d.influxdb_host,
             influxdb_port=env_int(env, "INFLUXDB_PORT", d.influxdb_port, 1, 65535),
             influxdb_database=env.get("INFLUXDB_DATABASE") or d.influxdb_database,
+            influxdb_username=influxdb_username,
+            influxdb_password=influxdb_password,
             # Exactly "true": the design says the variable's value is "true", nothing looser.
             debug_data_flow=env.get("DEBUG_DATA_FLOW") == "true",
+            metrics_address=env_address(env, "METRICS_ADDRESS", d.metrics_address),
             metrics_port=env_int(env, "METRICS_PORT", d.metrics_port, 0, 65535),
             batch_size=env_int(env, "BATCH_SIZE", d.batch_size, 1, 100_000),
             flush_interval_ms=env_int(env, "FLUSH_INTERVAL_MS", d.flush_interval_ms, 1, 10_000),

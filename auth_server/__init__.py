@@ -46,7 +46,11 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     metrics = AuthMetrics()
     app.extensions["auth_metrics"] = metrics
     app.extensions["influx"] = InfluxClient(
-        config.influxdb_host, config.influxdb_port, config.influxdb_database
+        config.influxdb_host,
+        config.influxdb_port,
+        config.influxdb_database,
+        username=config.influxdb_username,
+        password=config.influxdb_password,
     )
     if config.mqtt_secure:
         app.extensions["mqtt_sync"] = MqttAccountSync(config)
