@@ -59,6 +59,7 @@ Environment (all optional):
                              IOT_SECRET_GRAFANA_ADMIN_PASSWORD (required in CI)
   IOT_TLS_NAMES=a,b          --secure: more host names or addresses devices and clients use
                              for this swarm, put into the certificates run.sh makes
+  IOT_TLS_DIR=path           --secure: where the certificates are (.state/swarm/tls)
   Alert delivery (remembered in .state/swarm/secrets/; set one to '' to remove it):
   IOT_ALERT_WEBHOOK_URL      POST every alert (and its resolution) there as JSON
   IOT_ALERT_EMAIL_TO, IOT_ALERT_EMAIL_FROM, IOT_ALERT_SMTP_HOST (host:port),
@@ -500,7 +501,7 @@ deploy_stack() {
   # Newer CLIs wait in the foreground unless told not to; we wait below, with progress.
   help=$(docker stack deploy --help 2>&1 || true)
   [[ $help == *--detach* ]] && args+=(--detach=true)
-  log "Deploying stack.yml as stack '$STACK' (broker mode: $(mode_name))"
+  log "Deploying ${STACK_FILES[*]} as stack '$STACK' (profile: $(mode_name))"
   docker "${args[@]}" "$STACK"
 }
 

@@ -12,6 +12,7 @@ import shutil
 import ssl
 import subprocess
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,16 @@ from paho.mqtt.properties import Properties
 
 from tests.cmdline import CommandLineRecorder, command_lines, leaks
 from tests.mqtt_client import Publisher
-from tests.servers import REPO_ROOT, MosquittoServer, ServerError, free_port, require_binary, wait_for
+from tests.secure_influx import DATABASE, SecureInflux
+from tests.servers import (
+    REPO_ROOT,
+    AdapterProcess,
+    MosquittoServer,
+    ServerError,
+    free_port,
+    require_binary,
+    wait_for,
+)
 from tests.stack.conftest import make_certificate
 
 CONF_DIR = REPO_ROOT / "mosquitto_mqtt_vol"
@@ -450,11 +460,18 @@ def connect_and_leave(port: int, times: int) -> None:
 
 @pytest.mark.parametrize("conf_name", ["mosquitto.conf", "mosquitto-secure.conf"])
 def test_log_file_is_rotated_by_size_and_the_broker_carries_on(
-    tmp_path: Path, broker_service: dict[str, Any], monkeypatch: pytest.MonkeyPatch, conf_name: str
+    tmp_path: Path,
+    broker_service: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    conf_name: str,
+    tls_dir: Path,
 ) -> None:
     paths = Paths(tmp_path)
     password = uuid.uuid4().hex
     (paths.secrets / "mqtt_admin_password").write_text(password)
+    # The secure configuration's TLS listener needs its certificate and key.
+    shutil.copy(tls_dir / "mqtt.crt", paths.secrets / "mqtt_tls_cert")
+    shutil.copy(tls_dir / "mqtt.key", paths.secrets / "mqtt_tls_key")
     monkeypatch.setenv("MQTT_ADMIN_USERNAME", ADMIN)
     server = StackBroker(paths, conf_name, broker_service)
     settings = {k: str(v) for k, v in broker_service["environment"].items() if k.startswith("MOSQUITTO_LOG_")}
@@ -537,3 +554,81 @@ def test_run_broker_refuses_bad_settings(tmp_path: Path, env: dict[str, str], me
     )
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_a_device_over_tls_reaches_the_authenticated_influxdb(
+    *,
+    secure_paths: Paths,
+    secure_broker_service: dict[str, Any],
+    tls_dir: Path,
+    secure_influx: SecureInflux,
+    make_adapter: Callable[..., AdapterProcess],
+    tmp_path: Path,
+) -> None:
+    """The secure profile's data path: a device publishes over TLS (verifying the CA) with an
+    account limited to its topic; the adapter reads the broker's plain internal listener and
+    writes with its own InfluxDB user."""
+    server = StackBroker(secure_paths, "mosquitto-secure.conf", secure_broker_service)
+    server.start()
+    station = f"tls_{uuid.uuid4().hex[:8]}"
+    device, device_password = f"device-{station}", uuid.uuid4().hex
+    adapter_user, adapter_password = f"adapter-{station}", uuid.uuid4().hex
+    options = tmp_path / "ctrl-options"
+    options.mkdir()
+    (options / "mosquitto_ctrl").write_text(
+        f"-h 127.0.0.1\n-p {server.port}\n-u {ADMIN}\n-P {admin_password(secure_paths)}\n"
+    )
+
+    def ctrl(*args: str, password: str | None = None) -> None:
+        # mosquitto_ctrl asks a new client's password twice, on its standard input.
+        result = subprocess.run(
+            [require_binary("mosquitto_ctrl"), "dynsec", *args],
+            input=f"{password}\n{password}\n" if password else None,
+            env={**os.environ, "XDG_CONFIG_HOME": str(options)},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    try:
+        ctrl("createClient", device, password=device_password)
+        ctrl("createRole", device)
+        ctrl("addRoleACL", device, "publishClientSend", f"SEC/{station}", "allow")
+        ctrl("addClientRole", device, device)
+        ctrl("createClient", adapter_user, password=adapter_password)
+        ctrl("createRole", adapter_user)
+        ctrl("addRoleACL", adapter_user, "subscribePattern", "#", "allow")
+        ctrl("addRoleACL", adapter_user, "publishClientReceive", "#", "allow")
+        ctrl("addClientRole", adapter_user, adapter_user)
+        (tmp_path / "adapter-mqtt-password").write_text(adapter_password)
+        adapter = make_adapter(
+            server,
+            secure_influx.server,
+            DATABASE,
+            MQTT_USERNAME=adapter_user,
+            MQTT_PASSWORD_FILE=str(tmp_path / "adapter-mqtt-password"),
+            INFLUXDB_USERNAME="adapter",
+            INFLUXDB_PASSWORD_FILE=str(secure_influx.accounts.file("adapter")),
+        )
+        client = TlsClient(secure_paths.tls_port, tls_dir / "ca.crt", device, device_password)
+        try:
+            assert client.connected.get(timeout=10) == 0
+            sent = [
+                client.client.publish(
+                    f"SEC/{station}", json.dumps({"BAT": i, "timestamp": 1_700_000_000 + i}), qos=1
+                )
+                for i in range(20)
+            ]
+            # Outside its rights: acknowledged as "not authorized" (MQTT 5), stored nowhere.
+            other = client.client.publish("SEC/someone-else", json.dumps({"BAT": 1}), qos=1)
+            for info in (*sent, other):
+                info.wait_for_publish(timeout=10)
+        finally:
+            client.close()
+        wait_for(lambda: len(secure_influx.points(f"{station}.BAT")) == 20, 30, "20 points over TLS")
+        assert secure_influx.points("someone-else.BAT") == []
+        assert adapter.metric("adapter_messages_received_total") == 20
+    finally:
+        server.stop()
