@@ -311,6 +311,10 @@ def test_the_admin_password_is_never_on_a_command_line(
         secure_paths.workdir / "recorded", ["mosquitto_ctrl", "mosquitto_sub", "cat"]
     )
     monkeypatch.setenv("PATH", recorder.env()["PATH"])
+    # Where the health check's mktemp makes its options folder.
+    temporary = secure_paths.workdir / "tmp"
+    temporary.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temporary))
     server = StackBroker(secure_paths, "mosquitto-secure.conf", secure_broker_service)
     server.start()
     try:
@@ -320,11 +324,14 @@ def test_the_admin_password_is_never_on_a_command_line(
         everything = [*recorder.lines(), *command_lines().values()]
     finally:
         server.stop()
-    # The commands that handle it did run, and were recorded...
+    # A failing check still fails (its clean-up keeps mosquitto_sub's status).
+    assert health_check(secure_broker_service, secure_paths, server.port).returncode != 0
+    # The commands that handle the password did run, and were recorded...
     assert len(recorder.runs_of("mosquitto_ctrl")) == 1
-    assert len(recorder.runs_of("mosquitto_sub")) == 3
-    # ... and the health check's options file is gone.
-    assert not list(Path("/tmp").glob("tmp.*/mosquitto_sub"))
+    assert len(recorder.runs_of("mosquitto_sub")) == 4
+    # ... the health check's options folders are gone...
+    assert list(temporary.iterdir()) == []
+    # ... and the password was never an argument.
     assert leaks(everything, [admin_password(secure_paths)]) == []
 
 
