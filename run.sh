@@ -405,7 +405,8 @@ tls_make_ca() {
   ) || die "openssl could not create the CA (see $dir/openssl.log)"
   rm -f "$dir/openssl.log"
   chmod 644 "$dir/ca.crt.new"
-  # The key last: a run interrupted here leaves no half CA behind, only *.new files.
+  # Both are made under *.new names first: a failing openssl or an interrupted run leaves no
+  # half-made file in place.
   mv "$dir/ca.crt.new" "$dir/ca.crt"
   mv "$dir/ca.key.new" "$dir/ca.key"
 }
