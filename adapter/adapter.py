@@ -448,10 +448,22 @@ class Adapter:
         self.budget = SeriesBudget(limits.max_series_per_device, limits.max_series)
         self.metrics.series.set_function(lambda: self.budget.count)
         self.metrics.series_limit.set(limits.max_series)
-        self.writer = InfluxWriter(config.influxdb_host, config.influxdb_port, config.influxdb_database)
+        user, password = config.influxdb_username, config.influxdb_password
+        self.writer = InfluxWriter(
+            config.influxdb_host,
+            config.influxdb_port,
+            config.influxdb_database,
+            username=user,
+            password=password,
+        )
         # Its own connection: the series are read while the writer thread writes.
         reader = InfluxWriter(
-            config.influxdb_host, config.influxdb_port, config.influxdb_database, timeout_s=60
+            config.influxdb_host,
+            config.influxdb_port,
+            config.influxdb_database,
+            timeout_s=60,
+            username=user,
+            password=password,
         )
         self.budget_keeper = SeriesBudgetKeeper(self.budget, reader, config.series_refresh_s)
         self.collector = BatchCollector(
@@ -814,7 +826,7 @@ def main() -> int:
     configure_logging(config.debug_data_flow)
     adapter = Adapter(config)
     if config.metrics_port:
-        start_http_server(config.metrics_port, registry=adapter.metrics.registry)
+        start_http_server(config.metrics_port, addr=config.metrics_address, registry=adapter.metrics.registry)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -78,6 +79,25 @@ def shared_group_topic(topic: str, secret: str) -> str:
     return f"$share/{group}-{digest}/{topic_filter}"
 
 
+def env_address(env: Mapping[str, str], name: str, default: str) -> str:
+    """A listen address: an IPv4 or IPv6 literal (a host name could resolve anywhere)."""
+    raw = env.get(name) or default
+    try:
+        ipaddress.ip_address(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r}: expected an IP address such as 127.0.0.1 or 0.0.0.0") from exc
+    return raw
+
+
+def credentials(env: Mapping[str, str], user_var: str, password_var: str) -> tuple[str | None, str | None]:
+    """A user name and its password (`PASSWORD` or `PASSWORD_FILE`), both or neither."""
+    username = env.get(user_var) or None
+    password = read_secret(env, password_var)
+    if (username is None) != (password is None):
+        raise ConfigError(f"{user_var} and {password_var} (or {password_var}_FILE) go together")
+    return username, password
+
+
 @dataclass(frozen=True)
 class AdapterConfig:
     mqtt_host: str = "localhost"
@@ -93,7 +113,13 @@ class AdapterConfig:
     influxdb_host: str = "localhost"
     influxdb_port: int = 8086
     influxdb_database: str = "IoT_Devices"
+    # Sent with every request; an InfluxDB without authentication (the default profile)
+    # ignores them, one with it (`./run.sh --secure`) requires them.
+    influxdb_username: str | None = None
+    influxdb_password: str | None = field(default=None, repr=False)
     debug_data_flow: bool = False
+    # Loopback unless told otherwise: the metrics are for Prometheus, not for the network.
+    metrics_address: str = "127.0.0.1"
     metrics_port: int = 8000
     batch_size: int = 5000
     # Below InfluxDB's default max-body-size (25,000,000 bytes): a write never exceeds it.
@@ -134,6 +160,7 @@ class AdapterConfig:
         client_id = (base or d.mqtt_client_id) + env.get("MQTT_CLIENT_ID_SUFFIX", "")
         if len(client_id.encode()) > 65535:
             raise ConfigError("MQTT_CLIENT_ID: longer than MQTT allows (65535 bytes)")
+        influxdb_username, influxdb_password = credentials(env, "INFLUXDB_USERNAME", "INFLUXDB_PASSWORD")
         return cls(
             mqtt_host=env.get("MQTT_HOST") or d.mqtt_host,
             mqtt_port=env_int(env, "MQTT_PORT", d.mqtt_port, 1, 65535),
@@ -146,8 +173,11 @@ class AdapterConfig:
             influxdb_host=env.get("INFLUXDB_HOST") or d.influxdb_host,
             influxdb_port=env_int(env, "INFLUXDB_PORT", d.influxdb_port, 1, 65535),
             influxdb_database=env.get("INFLUXDB_DATABASE") or d.influxdb_database,
+            influxdb_username=influxdb_username,
+            influxdb_password=influxdb_password,
             # Exactly "true": the design says the variable's value is "true", nothing looser.
             debug_data_flow=env.get("DEBUG_DATA_FLOW") == "true",
+            metrics_address=env_address(env, "METRICS_ADDRESS", d.metrics_address),
             metrics_port=env_int(env, "METRICS_PORT", d.metrics_port, 0, 65535),
             batch_size=env_int(env, "BATCH_SIZE", d.batch_size, 1, 100_000),
             max_batch_bytes=env_int(env, "MAX_BATCH_BYTES", d.max_batch_bytes, 1024, 1_000_000_000),

@@ -135,10 +135,29 @@ def parse_series_key(key: str) -> tuple[str, dict[str, str]]:
 class InfluxWriter:
     """Writes batches of line-protocol lines to one InfluxDB 1.x database."""
 
-    def __init__(self, host: str, port: int, database: str, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        database: str,
+        timeout_s: float = 10.0,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.database = database
         # retries=1: one attempt per call; the caller owns the retry policy (backoff, metrics).
-        self._client = InfluxDBClient(host=host, port=port, database=database, timeout=timeout_s, retries=1)
+        # Credentials go as HTTP basic auth; None sends none (the client's own default would
+        # send root/root).
+        self._client = InfluxDBClient(
+            host=host,
+            port=port,
+            username=username,
+            password=password,
+            database=database,
+            timeout=timeout_s,
+            retries=1,
+        )
 
     def close(self) -> None:
         self._client.close()
@@ -154,6 +173,12 @@ class InfluxWriter:
             )
         except (requests.RequestException, InfluxDBServerError) as exc:
             raise TransientWriteError(f"cannot reach InfluxDB to create the database: {exc}") from exc
+        except InfluxDBClientError as exc:
+            # 401/403: wrong credentials, or a user that may not create databases. A deployment
+            # problem an operator can fix while we wait, as for writes (see write_lines).
+            raise TransientWriteError(
+                f"InfluxDB refused to list or create databases (HTTP {exc.code}): {_text(exc.content)}"
+            ) from exc
         return True
 
     def write_lines(self, lines: Sequence[str]) -> WriteResult:
@@ -178,7 +203,9 @@ class InfluxWriter:
         except requests.RequestException as exc:
             raise TransientWriteError(f"InfluxDB unreachable: {exc.__class__.__name__}") from exc
         except InfluxDBServerError as exc:
-            raise TransientWriteError(f"InfluxDB server error: {_text(exc.content)}") from exc
+            # Unlike InfluxDBClientError, it carries the response body only as its argument.
+            body = exc.args[0] if exc.args else b""
+            raise TransientWriteError(f"InfluxDB server error: {_text(body)}") from exc
         except InfluxDBClientError as exc:
             error = _error_text(exc.content)
             if exc.code == 404 and error.startswith("database not found"):

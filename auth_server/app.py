@@ -48,7 +48,11 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
     app.extensions["auth_metrics"] = metrics
     app.extensions["login_throttle"] = LoginThrottle(config.login, config.jwt_secret, metrics)
     app.extensions["influx"] = InfluxClient(
-        config.influxdb_host, config.influxdb_port, config.influxdb_database
+        config.influxdb_host,
+        config.influxdb_port,
+        config.influxdb_database,
+        username=config.influxdb_username,
+        password=config.influxdb_password,
     )
     if config.mqtt_secure:
         app.extensions["mqtt_sync"] = MqttAccountSync(config)

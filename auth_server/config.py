@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from adapter.config import ConfigError, env_int, limits_from_env, read_secret
+from adapter.config import ConfigError, credentials, env_int, limits_from_env, read_secret
 from adapter.contract import DEFAULT_LIMITS, Limits
 
 # HS256 signs with HMAC-SHA256: a key shorter than the hash output weakens it (RFC 7518 3.2).
@@ -76,6 +76,9 @@ class AuthConfig:
     influxdb_host: str = "localhost"
     influxdb_port: int = 8086
     influxdb_database: str = "IoT_Devices"
+    # Needed when InfluxDB requires authentication (`./run.sh --secure`), ignored otherwise.
+    influxdb_username: str | None = None
+    influxdb_password: str | None = field(default=None, repr=False)
     auth_host: str = "0.0.0.0"
     auth_port: int = 5000
     # Proxies in front whose X-Forwarded-For entry names the client (Kong: 1). 0: the TCP peer is
@@ -126,10 +129,8 @@ class AuthConfig:
             raise ConfigError("JWT_SECRET or JWT_SECRET_FILE is required (e.g. `openssl rand -hex 32`)")
         if len(jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
             raise ConfigError(f"JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes long")
-        admin_username = env.get("ADMIN_USERNAME") or None
-        admin_password = read_secret(env, "ADMIN_PASSWORD")
-        if (admin_username is None) != (admin_password is None):
-            raise ConfigError("ADMIN_USERNAME and ADMIN_PASSWORD (or ADMIN_PASSWORD_FILE) go together")
+        admin_username, admin_password = credentials(env, "ADMIN_USERNAME", "ADMIN_PASSWORD")
+        influxdb_username, influxdb_password = credentials(env, "INFLUXDB_USERNAME", "INFLUXDB_PASSWORD")
         config = cls(
             mysql_host=env.get("MYSQL_HOST") or d.mysql_host,
             mysql_port=env_int(env, "MYSQL_PORT", d.mysql_port, 1, 65535),
@@ -144,6 +145,8 @@ class AuthConfig:
             influxdb_host=env.get("INFLUXDB_HOST") or d.influxdb_host,
             influxdb_port=env_int(env, "INFLUXDB_PORT", d.influxdb_port, 1, 65535),
             influxdb_database=env.get("INFLUXDB_DATABASE") or d.influxdb_database,
+            influxdb_username=influxdb_username,
+            influxdb_password=influxdb_password,
             auth_host=env.get("AUTH_HOST") or d.auth_host,
             auth_port=env_int(env, "AUTH_PORT", d.auth_port, 1, 65535),
             trusted_proxy_hops=env_int(env, "TRUSTED_PROXY_HOPS", d.trusted_proxy_hops, 0, 10),

@@ -22,15 +22,26 @@ class InfluxRejectedError(RuntimeError):
 
 
 class InfluxClient:
-    def __init__(self, host: str, port: int, database: str, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        database: str,
+        timeout_s: float = 10.0,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.url = f"http://{host}:{port}"
         self.database = database
         self.timeout_s = timeout_s
-        self._writer = InfluxWriter(host, port, database, timeout_s)
+        # HTTP basic auth when InfluxDB requires it (the secure profile); never in the URL.
+        self._auth = (username, password) if username is not None and password is not None else None
+        self._writer = InfluxWriter(host, port, database, timeout_s, username=username, password=password)
 
     def _post(self, path: str, **kwargs: Any) -> requests.Response:
         try:
-            response = requests.post(f"{self.url}{path}", timeout=self.timeout_s, **kwargs)
+            response = requests.post(f"{self.url}{path}", timeout=self.timeout_s, auth=self._auth, **kwargs)
         except requests.RequestException as exc:
             raise InfluxUnavailableError(f"InfluxDB unreachable: {exc.__class__.__name__}") from exc
         if response.status_code >= 500:

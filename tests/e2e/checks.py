@@ -4,12 +4,14 @@
 
 PHASE is one of
   deployed        the first deployment: data flow, init script, auth server, Prometheus,
-                  phpMyAdmin, the stack's simulator, published ports, who reaches whom;
+                  Kong's clients' addresses, phpMyAdmin and MySQL's root, the stack's
+                  simulator, published ports, who reaches whom;
   before-removal  records every stored point, then queues messages for the stopped adapter;
   redeployed      after `docker stack rm` and ./run.sh: all of it is still there;
   cleaned         after ./clean.sh -y: nothing of the stack is left (--images: what run.sh built).
 Every check prints PASS or FAIL with what it saw; the exit status is 1 if any failed.
-Only containers of the stack, probe containers started here and 127.0.0.1 are contacted.
+Only containers of the stack, probe containers started here, 127.0.0.1 and this machine's
+own addresses on veth pairs to network namespaces made here are contacted.
 """
 
 from __future__ import annotations
@@ -54,14 +56,17 @@ PORTS = {
     "prometheus": 9090,
     "broker_exporter": 9234,
     "alertmanager": 9093,
+    "kong": 8000,
 }
 # CONTRACT section 6: the pairs that must talk, each sharing a network made for it. Written
 # out here, not read from stack.yml, so that the stack file is checked against the contract.
-# (Pairs with Grafana or Kong are left out with those services.)
+# (Pairs with Grafana are left out with it.)
 ALLOWED_PAIRS = {
     frozenset(pair)
     for pair in [
         ("mqtt_broker", "adapter"),
+        ("kong", "auth_server"),
+        ("prometheus", "kong"),
         ("adapter", "influxdb"),
         ("auth_server", "mysql"),
         ("mysql", "phpmyadmin"),
@@ -79,9 +84,9 @@ ALLOWED_PAIRS = {
         ("simulator", "mqtt_broker"),
     ]
 }
-# CONTRACT section 6: published ports, by the service publishing them (80 and 8080 belong
-# to Grafana and Kong, which this deployment leaves out).
-PUBLISHED = {"mqtt_broker": 1883, "phpmyadmin": 8081}
+# CONTRACT section 6: published ports, by the service publishing them (80 belongs to
+# Grafana, which this deployment leaves out).
+PUBLISHED = {"mqtt_broker": 1883, "phpmyadmin": 8081, "kong": 8080}
 
 
 T = TypeVar("T")
@@ -349,7 +354,7 @@ def check_services_running(ctx: Context) -> str:
     idle = [name for name, (_, desired) in services.items() if not desired]
     return (
         f"{', '.join(running_services())} each run their task; {', '.join(idle) or 'none'} at 0 replicas "
-        "as stack.yml says; grafana and kong left out"
+        "as stack.yml says; grafana left out"
     )
 
 
@@ -369,7 +374,7 @@ def check_published_ports(ctx: Context) -> str:
     closed = [port for port in PUBLISHED.values() if not tcp_open("127.0.0.1", port)]
     if closed:
         raise CheckFailedError(f"nothing answers on 127.0.0.1 port(s) {closed}")
-    return f"exactly {pretty(wanted)}, and both answer on 127.0.0.1"
+    return f"exactly {pretty(wanted)}, and each answers on 127.0.0.1"
 
 
 def check_influx_init_script(ctx: Context) -> str:
@@ -486,7 +491,7 @@ def check_prometheus(ctx: Context) -> str:
     def targets() -> dict[str, float]:
         return {r["metric"]["job"]: float(r["value"][1]) for r in prometheus_query("up")}
 
-    wanted = {"adapter", "auth_server", "influxdb", "prometheus", "broker_exporter", "alertmanager"}
+    wanted = {"adapter", "auth_server", "influxdb", "kong", "prometheus", "broker_exporter", "alertmanager"}
     up = poll("scrape targets", targets, lambda t: all(t.get(job) == 1 for job in wanted), 120)
     if not all(up.get(job) == 1 for job in wanted):
         raise CheckFailedError(f"up by job: {up}; expected 1 for {sorted(wanted)}")
@@ -523,14 +528,14 @@ def check_prometheus(ctx: Context) -> str:
     return (
         f"{', '.join(sorted(wanted))} are up; adapter_points_written_total {total:.0f}; broker statistics "
         f"live; the Alertmanager discovered ({pretty(sent)} notifications sent); other jobs {others} "
-        "(Grafana and Kong are left out)"
+        "(Grafana is left out)"
     )
 
 
 def check_phpmyadmin(ctx: Context) -> str:
     base = f"http://127.0.0.1:{PUBLISHED['phpmyadmin']}"
 
-    def login(password: str) -> str:
+    def login(password: str, user: str = "auth_server") -> str:
         jar = http.cookiejar.CookieJar()
         opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
         page = opener.open(base + "/", timeout=30).read().decode()
@@ -538,7 +543,7 @@ def check_phpmyadmin(ctx: Context) -> str:
         if token is None:
             raise CheckFailedError(f"no login form on {base}/")
         form = {
-            "pma_username": "auth_server",
+            "pma_username": user,
             "pma_password": password,
             "server": "1",
             "token": token.group(1),
@@ -553,9 +558,123 @@ def check_phpmyadmin(ctx: Context) -> str:
     refused = login("wrong-" + secrets.token_hex(4))
     if "Access denied" not in refused:
         raise CheckFailedError("a wrong MySQL password was not refused")
+    # MySQL's root, with its right password: phpMyAdmin refuses the name itself (AllowRoot).
+    as_root = login(ctx.secret("mysql_root_password"), user="root")
+    if "Server version" in as_root or "iot_accounts" in as_root or "Access denied" not in as_root:
+        raise CheckFailedError("phpMyAdmin let MySQL's root log in")
     return (
         f"logged in through 127.0.0.1:{PUBLISHED['phpmyadmin']} as auth_server, sees iot_accounts on "
-        f"{version.group(1).strip() if version else 'MySQL'}; a wrong password is refused"
+        f"{version.group(1).strip() if version else 'MySQL'}; a wrong password is refused, and so is "
+        "root with the right one"
+    )
+
+
+# PHP run by phpMyAdmin's own interpreter, given on standard input (never as an argument):
+# MySQL's root, with the right password, from phpMyAdmin's container.
+ROOT_FROM_PHPMYADMIN = """<?php
+mysqli_report(MYSQLI_REPORT_OFF);
+$db = @new mysqli(getenv('PMA_HOST'), 'root', %s, '', (int) getenv('PMA_PORT'));
+echo json_encode(['errno' => $db->connect_errno, 'error' => $db->connect_error]);
+"""
+# Inside the mysql container, over its socket: the password on standard input.
+ROOT_INSIDE_MYSQL = (
+    "IFS= read -r password; client=$(command -v mysql || command -v mariadb); "
+    'MYSQL_PWD=$password exec "$client" -uroot -N -e "SELECT CURRENT_USER()"'
+)
+
+
+def php_string(value: str) -> str:
+    """A single-quoted PHP string literal (no interpolation; backslash and quote escaped)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def check_mysql_root_only_inside_its_container(ctx: Context) -> str:
+    password = ctx.secret("mysql_root_password")
+    from_phpmyadmin = json.loads(
+        docker(
+            "exec", "-i", container_of("phpmyadmin"), "php",
+            stdin=ROOT_FROM_PHPMYADMIN % php_string(password),
+        )
+    )  # fmt: skip
+    if from_phpmyadmin["errno"] != 1045:
+        raise CheckFailedError(
+            f"root from phpMyAdmin's container was not refused by MySQL: {from_phpmyadmin}"
+        )
+    inside = docker("exec", "-i", container_of("mysql"), "sh", "-c", ROOT_INSIDE_MYSQL, stdin=password + "\n")
+    if inside.strip() != "root@localhost":
+        raise CheckFailedError(f"root could not log in inside the mysql container: {inside!r}")
+    return (
+        f"MySQL refuses root from phpMyAdmin's container ({from_phpmyadmin['error']}); "
+        "root logs in only inside the mysql container (root@localhost)"
+    )
+
+
+# Two clients of their own on this machine, each in a network namespace with its own address
+# and a veth pair to the host, reaching Kong's published port the way clients on a network
+# do (through the host's own address, not loopback, where Docker's proxy would connect for
+# them). Addresses from the benchmarking range, outside the overlay pool the e2e guards.
+CLIENTS = {"iot-e2e-a": ("198.18.1.1", "198.18.1.2"), "iot-e2e-b": ("198.18.2.1", "198.18.2.2")}
+FORGED = "203.0.113.7"  # what both clients claim to be, in X-Forwarded-For
+FETCH = (
+    "import sys, urllib.request as u; "
+    "r = u.Request(sys.argv[1], headers={'X-Forwarded-For': sys.argv[2], 'X-Real-IP': sys.argv[2]}); "
+    "print(u.urlopen(r, timeout=10).read().decode())"
+)
+
+
+def ip(*args: str) -> None:
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30, check=False)
+    if proc.returncode != 0:
+        raise CheckFailedError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
+
+
+def add_client(name: str, host_address: str, client_address: str) -> None:
+    ip("netns", "add", name)
+    ip("link", "add", f"{name}-h", "type", "veth", "peer", "name", f"{name}-c")
+    ip("link", "set", f"{name}-c", "netns", name)
+    ip("addr", "add", f"{host_address}/30", "dev", f"{name}-h")
+    ip("link", "set", f"{name}-h", "up")
+    for command in (
+        ["addr", "add", f"{client_address}/30", "dev", f"{name}-c"],
+        ["link", "set", f"{name}-c", "up"],
+        ["link", "set", "lo", "up"],
+        ["route", "add", "default", "via", host_address],
+    ):
+        ip("netns", "exec", name, "ip", *command)
+
+
+def check_kong_client_addresses(ctx: Context) -> str:
+    spec = json.loads(docker("service", "inspect", "--format", "{{json .Spec}}", f"{STACK}_kong"))
+    ports = spec["EndpointSpec"]["Ports"]
+    if "Global" not in spec["Mode"] or [p["PublishMode"] for p in ports] != ["host"]:
+        raise CheckFailedError(f"kong runs {spec['Mode']} with ports {ports}: expected global, host mode")
+    seen = {}
+    try:
+        for name, (host_address, client_address) in CLIENTS.items():
+            add_client(name, host_address, client_address)
+            url = f"http://{host_address}:{PUBLISHED['kong']}/api/auth/login"
+            proc = subprocess.run(
+                ["ip", "netns", "exec", name, sys.executable, "-c", FETCH, url, FORGED],
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            if proc.returncode != 0:
+                raise CheckFailedError(
+                    f"{client_address} could not reach {url}: {proc.stderr.strip()[-500:]}"
+                )
+            seen[client_address] = json.loads(proc.stdout)
+    finally:
+        for name in CLIENTS:
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=30, check=False)
+    addresses = {client: answer["client"] for client, answer in seen.items()}
+    if addresses != {client: client for client in seen}:
+        raise CheckFailedError(f"Kong's port saw {addresses} (client -> address seen): rewritten")
+    forwarded = {answer["forwarding_headers"].get("X-Forwarded-For") for answer in seen.values()}
+    if forwarded != {FORGED}:
+        raise CheckFailedError(f"the forwarding header did not arrive as sent: {forwarded}")
+    return (
+        f"kong is global with its port in host mode; two clients reached port {PUBLISHED['kong']} and each "
+        f"was seen with its own address ({', '.join(sorted(addresses))}), whatever X-Forwarded-For said: "
+        "the address Kong's limits count by (tests/kong/test_client_addresses.py)"
     )
 
 
@@ -856,7 +975,9 @@ PHASES: dict[str, list[Callable[[Context], str]]] = {
         check_adapter_metrics,
         check_auth_server,
         check_prometheus,
+        check_kong_client_addresses,
         check_phpmyadmin,
+        check_mysql_root_only_inside_its_container,
         check_stack_simulator,
         check_network_isolation,
         check_stack_simulator_summary,

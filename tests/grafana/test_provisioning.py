@@ -90,8 +90,12 @@ def test_influxdb_datasource_reads_iot_devices_over_the_stack_network() -> None:
     assert ds["jsonData"]["dbName"] == "IoT_Devices"
     assert ds["jsonData"].get("version", "InfluxQL") == "InfluxQL"
     assert ds.get("isDefault") is True
-    # InfluxDB runs without authentication inside the stack: no credentials to leak here.
-    assert not {"user", "password", "basicAuth", "secureJsonData"} & set(ds)
+    # The read-only user, its password from the Docker secret (tests/stack checks that it is
+    # the READ user of the secure profile's InfluxDB and that Grafana mounts the secret);
+    # never a password written in the file.
+    assert not {"user", "password"} & set(ds)
+    assert (ds["basicAuth"], ds["basicAuthUser"]) == (True, "grafana")
+    assert ds["secureJsonData"] == {"basicAuthPassword": "$__file{/run/secrets/influxdb_grafana_password}"}
 
 
 def test_influxdb_datasource_promises_no_setting_influxql_ignores() -> None:
