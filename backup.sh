@@ -159,7 +159,7 @@ main() {
   log "Backing up the platform ($MODE mode) into $OUT_DIR/$name.tar"
 
   local component included=()
-  for component in "${COMPONENTS[@]}"; do
+  for component in "${BACKUP_ORDER[@]}"; do
     mode_has "$component" || continue
     backup_component "$component"
     included+=("$component")

@@ -266,7 +266,7 @@ mode_stop_writers() {
   local service replicas args=()
   for service in "${SWARM_WRITERS[@]}"; do
     replicas=$(replicas_of "$service") || continue
-    [[ -n $replicas ]] || continue
+    [[ -n $replicas && $replicas != 0 ]] || continue
     SCALED_DOWN[$service]=$replicas
     args+=("${STACK}_$service=0")
   done

@@ -226,7 +226,7 @@ def test_backup_clean_run_restore_brings_back_points_accounts_and_queue(
     expected = platform.rows(prefix)
     assert len(expected) == 4 * 150 * 3 + 1 + ingestion.sent
     manifest = manifest_of(archive)
-    assert manifest["mode"] == "local" and manifest["components"] == "influxdb mysql mosquitto"
+    assert manifest["mode"] == "local" and manifest["components"] == "mosquitto influxdb mysql"
     assert manifest["secrets"].startswith("not included")
     assert all(int(manifest[f"{c}.bytes"]) > 0 for c in ("influxdb", "mysql", "mosquitto"))
     assert not any(m.startswith("secrets") for m in archive_members(archive))

@@ -62,10 +62,8 @@ def rewritten(original: dict[str, Any]) -> dict[str, Any]:
     return stackfile.rewrite(copy.deepcopy(original))
 
 
-def test_rewrite_leaves_out_only_grafana_and_kong(
-    original: dict[str, Any], rewritten: dict[str, Any]
-) -> None:
-    assert set(original["services"]) - set(rewritten["services"]) == {"grafana", "kong"}
+def test_rewrite_leaves_out_only_kong(original: dict[str, Any], rewritten: dict[str, Any]) -> None:
+    assert set(original["services"]) - set(rewritten["services"]) == {"kong"}
     assert set(rewritten["services"]) < set(original["services"])
 
 
