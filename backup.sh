@@ -50,6 +50,7 @@ manifest() {
 }
 
 # backup_component NAME: runs NAME_backup into its folder and records what it wrote.
+# (NAME_backup runs as a condition, so without errexit: each returns its own failure.)
 backup_component() {
   local name=$1 dir=$ROOT/$1 started
   mkdir -p "$dir"

@@ -128,7 +128,7 @@ mosquitto_backup() {
     note "the broker is not running: copying the database it saved when it stopped"
   fi
   for file in mosquitto.db dynamic-security.json; do
-    if [[ -f $dir/$file ]]; then cp "$dir/$file" "$1/"; fi
+    if [[ -f $dir/$file ]]; then cp "$dir/$file" "$1/" || return 1; fi
   done
 }
 
@@ -137,8 +137,7 @@ mosquitto_restore() {
   mkdir -p "$dir"
   for file in mosquitto.db dynamic-security.json; do
     [[ -f $1/$file ]] || continue
-    cp "$1/$file" "$dir/$file.restore"
-    mv -f "$dir/$file.restore" "$dir/$file"
+    cp "$1/$file" "$dir/$file.restore" && mv -f "$dir/$file.restore" "$dir/$file" || return 1
   done
   rm -f "$dir/mosquitto.db.new"
 }

@@ -233,7 +233,7 @@ for file in mosquitto.db dynamic-security.json; do
   chmod 600 ".restore/$file"
   mv -f ".restore/$file" "$file"
 done
-rm -rf .restore mosquitto.db.new' >>"$TOOL_LOG" 2>&1
+rm -rf .restore mosquitto.db.new' >>"$TOOL_LOG" 2>&1 || return 1
   if [[ -f $1/dynamic-security.json && -n ${MQTT_ADMIN_PASSWORD:-} ]]; then
     # The restored plugin file knows the broker admin by the password of the backup's
     # deployment; this deployment's broker health check and auth server use its own.

@@ -1005,8 +1005,8 @@ def check_backup_while_ingesting(ctx: Context) -> str:
     return (
         f"./backup.sh took {seconds:.0f}s while 3 devices published ({summary['messages_sent']} messages, "
         f"all {summary['values']} values stored); no container of {', '.join(ONLINE)} changed; "
-        f"{archives[0].name}: {archives[0].stat().st_size / 1e6:.1f} MB, "
-        f"grafana.db {manifest.get('grafana.bytes')} bytes"
+        f"{archives[0].name}: {archives[0].stat().st_size / 1024:.0f} KiB, "
+        f"grafana.db.gz {manifest.get('grafana.bytes')} bytes"
     )
 
 

@@ -459,6 +459,9 @@ main() {
   log "Backing up the running stack, removing it with its data, restoring into a fresh one"
   checks before-backup
   checks backup
+  # A fresh deployment: all that ./clean.sh -y removes (stack, volumes, secrets, swarm) but
+  # the project's images, whose rebuild would only repeat the first deployment's builds.
+  mv "$COPY/.state/swarm/images" "$WORK/images-kept-for-the-fresh-deployment"
   (cd "$COPY" && ./clean.sh -y) 2>&1 | tee "$WORK/clean-before-restore.log"
   run_sh
   checks fresh
