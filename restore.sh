@@ -175,7 +175,7 @@ restore_data() {
   WRITERS_STOPPED=false
 
   log "Restored $NAME"
-  note "accounts and Grafana users log in with the passwords they had at the backup"
+  note "restored accounts log in with the passwords they had at the backup"
   if [[ -d $ROOT/secrets ]]; then
     note "(the archive's secrets/ has those of the admin accounts as they were then)"
   fi

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import requests
 
+from backup.manifest import read_manifest
 from tests.mqtt_client import Publisher
 from tests.servers import wait_for
 from tests.stack.test_local_mode import alive, local_env, pids, run
@@ -123,13 +124,6 @@ def archive_members(archive: Path) -> list[str]:
         return [member.name.split("/", 1)[1] for member in tar.getmembers() if "/" in member.name]
 
 
-def manifest_of(archive: Path) -> dict[str, str]:
-    with tarfile.open(archive) as tar:
-        member = next(m for m in tar.getmembers() if m.name.endswith("/MANIFEST"))
-        text = tar.extractfile(member).read().decode()  # type: ignore[union-attr]
-    return dict(line.split(": ", 1) for line in text.splitlines() if line and not line.startswith("#"))
-
-
 def backup(env: dict[str, str], out: Path, *args: str) -> Path:
     before = set(out.glob("*.tar")) if out.exists() else set()
     done = run("backup.sh", env, *args, str(out))
@@ -225,7 +219,7 @@ def test_backup_clean_run_restore_brings_back_points_accounts_and_queue(
     archive = backup(local_env, tmp_path / "backups")
     expected = platform.rows(prefix)
     assert len(expected) == 4 * 150 * 3 + 1 + ingestion.sent
-    manifest = manifest_of(archive)
+    manifest = read_manifest(archive)
     assert manifest["mode"] == "local" and manifest["components"] == "mosquitto influxdb mysql"
     assert manifest["secrets"].startswith("not included")
     assert all(int(manifest[f"{c}.bytes"]) > 0 for c in ("influxdb", "mysql", "mosquitto"))
@@ -275,7 +269,7 @@ def test_secrets_of_an_archive_set_up_a_new_installation(
 ) -> None:
     admin_password = platform.secret("auth_admin_password")
     archive = backup(local_env, tmp_path / "backups", "--with-secrets")
-    assert manifest_of(archive)["secrets"].startswith("included: ")
+    assert read_manifest(archive)["secrets"].startswith("included: ")
 
     # A running installation's secrets are in use: --secrets never replaces them.
     state_secret = platform.state / "secrets" / "jwt_secret"

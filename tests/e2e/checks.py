@@ -31,7 +31,6 @@ import secrets
 import socket
 import subprocess
 import sys
-import tarfile
 import time
 import urllib.error
 import urllib.parse
@@ -40,6 +39,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+# The checkout's own modules, as for everything run from its root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from backup.manifest import read_manifest
 
 STACK = "iot"
 NAMESPACE_LABEL = f"com.docker.stack.namespace={STACK}"
@@ -924,16 +927,6 @@ def mqtt_session(ctx: Context, *args: str) -> str:
     )  # fmt: skip
 
 
-def archive_manifest(archive: Path) -> dict[str, str]:
-    with tarfile.open(archive) as tar:
-        member = next(m for m in tar.getmembers() if m.name.endswith("/MANIFEST"))
-        file = tar.extractfile(member)
-        text = file.read().decode() if file else ""
-    return dict(
-        line.split(": ", 1) for line in text.splitlines() if ": " in line and not line.startswith("#")
-    )
-
-
 def check_grafana_edit(ctx: Context) -> str:
     password = ctx.secret("grafana_admin_password")
     status, body = grafana_call("POST", "/api/dashboards/db", password, {"dashboard": EDITED_DASHBOARD})
@@ -994,7 +987,7 @@ def check_backup_while_ingesting(ctx: Context) -> str:
     archives = sorted((ctx.work / "backups").glob("iot-backup-swarm-*.tar"))
     if len(archives) != 1 or archives[0].stat().st_mode & 0o777 != 0o600:
         raise CheckFailedError(f"expected one archive of mode 600, found {archives}")
-    manifest = archive_manifest(archives[0])
+    manifest = read_manifest(archives[0])
     if manifest.get("components") != "mosquitto influxdb mysql grafana" or manifest.get("mode") != "swarm":
         raise CheckFailedError(f"the manifest says {manifest}")
     ctx.save_state(

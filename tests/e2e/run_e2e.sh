@@ -465,6 +465,7 @@ main() {
   (cd "$COPY" && ./clean.sh -y) 2>&1 | tee "$WORK/clean-before-restore.log"
   run_sh
   checks fresh
+  log "Restoring the backup into the fresh stack with ./restore.sh -y"
   (cd "$COPY" && ./restore.sh -y "$WORK"/backups/iot-backup-swarm-*.tar) 2>&1 | tee "$WORK/restore.sh.log"
   log "Checking that the restored stack has the data of the backup"
   checks restored
