@@ -111,6 +111,8 @@ influxdb_backup() {
   # Into the data volume (the disk that has room for the data), streamed out as a tar.
   in_container influxdb '
 set -eu
+# What a backup killed midway left (a running one is younger than a day).
+find /var/lib/influxdb -maxdepth 1 -name ".iot-backup.*" -mmin +1440 -exec rm -rf {} +
 dir=/var/lib/influxdb/.iot-backup.$$
 trap "rm -rf $dir" EXIT
 influxd backup -portable -db "$1" -host "${INFLUXDB_BIND_ADDRESS:-127.0.0.1:8088}" "$dir" >&2
@@ -120,6 +122,7 @@ tar -C "$dir" -cf - .' "$INFLUX_DATABASE" 2>>"$TOOL_LOG" | tar -x -C "$1"
 influxdb_restore() {
   tar -C "$1" -cf - . | in_container influxdb '
 set -eu
+find /var/lib/influxdb -maxdepth 1 -name ".iot-restore.*" -mmin +1440 -exec rm -rf {} +
 dir=/var/lib/influxdb/.iot-restore.$$
 trap "rm -rf $dir" EXIT
 mkdir -p "$dir"
