@@ -72,17 +72,25 @@ backup_component() {
   note "$(human_size "$bytes") in $files file(s), ${seconds}s"
 }
 
-# Copies run.sh's state files (not its folders) of this mode; secrets only when asked.
+# Copies run.sh's state files (not its folders) of this mode; secrets only when asked. A file
+# only its owner may read is left out: run.sh writes what holds a secret that way (the
+# rendered Alertmanager configuration has the receivers' passwords), and it derives those
+# files from the secrets, which --with-secrets includes.
 backup_state() {
-  local state_dir secrets_dir file copied=()
+  local state_dir secrets_dir file copied=() private=()
   state_dir=$(mode_state_dir)
   mkdir -p "$ROOT/state"
   for file in "$state_dir"/*; do
     [[ -f $file ]] || continue
+    if [[ $(stat -c %a "$file") == ?00 ]]; then
+      private+=("$(basename "$file")")
+      continue
+    fi
     cp -p "$file" "$ROOT/state/"
     copied+=("$(basename "$file")")
   done
   manifest state.files "${copied[*]:-none}"
+  manifest state.left_out "${private[*]:-none} (readable by their owner only)"
   secrets_dir=$state_dir/secrets
   if [[ $WITH_SECRETS == true ]]; then
     log "secrets (--with-secrets)"

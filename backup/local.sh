@@ -112,9 +112,27 @@ mosquitto_version() {
 
 inode_of() { stat -c %i "$1" 2>/dev/null || echo none; }
 
+# session_process SID NAME: the PID of the process called NAME in the session SID. run.sh
+# starts each component as a session leader; the broker is a child of its log rotator
+# (mosquitto_mqtt_vol/run_broker.sh), which must not get the broker's signals.
+session_process() {
+  local proc stat fields
+  for proc in /proc/[0-9]*; do
+    read -r stat 2>/dev/null <"$proc/stat" || continue
+    [[ $stat == *" ($2) "* ]] || continue
+    read -ra fields <<<"${stat##*) }" # state, parent, process group, session, ...
+    if [[ ${fields[3]} == "$1" ]]; then
+      echo "${proc#/proc/}"
+      return 0
+    fi
+  done
+  return 1
+}
+
 mosquitto_backup() {
   local dir=$LOCAL_DIR/mosquitto pid before deadline file
   if pid=$(local_pid mosquitto); then
+    pid=$(session_process "$pid" mosquitto) || die "local mode's broker process is gone (its log: $LOCAL_DIR/logs/mosquitto.log)"
     # The broker replaces the file (write, then rename) on SIGUSR1: a new inode is a
     # finished save, and a copy opened after it is consistent.
     before=$(inode_of "$dir/mosquitto.db")

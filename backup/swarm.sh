@@ -199,8 +199,12 @@ mosquitto_backup() {
     in_container mqtt_broker '
 set -eu
 cd /mosquitto/data
-pid=1
-[ "$(cat /proc/1/comm 2>/dev/null)" = mosquitto ] || pid=$(pidof mosquitto)
+# The broker runs as a child of run_broker.sh, its log rotator.
+pid=
+for proc in /proc/[0-9]*; do
+  if [ "$(cat "$proc/comm" 2>/dev/null)" = mosquitto ]; then pid=${proc#/proc/}; break; fi
+done
+[ -n "$pid" ] || { echo "no mosquitto process in the broker container" >&2; exit 1; }
 before=$(stat -c %i mosquitto.db 2>/dev/null || echo none)
 kill -USR1 "$pid"
 tries=0

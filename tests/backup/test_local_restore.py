@@ -196,6 +196,12 @@ def test_backup_clean_run_restore_brings_back_points_accounts_and_queue(
     )
     assert written.status_code in (200, 201, 204), written.text
 
+    # A state file only its owner may read holds a secret (as the rendered Alertmanager
+    # configuration does): never in state/, not even --with-secrets.
+    private = platform.state / "rendered-with-a-password.yml"
+    private.write_text("password: x\n")
+    private.chmod(0o600)
+
     # A backup while readings keep coming: nothing stops, nothing is lost.
     running = pids_of(platform.state)
     ingestion = Ingestion(platform, f"{prefix}live")
@@ -210,6 +216,8 @@ def test_backup_clean_run_restore_brings_back_points_accounts_and_queue(
     members = archive_members(online)
     assert {"MANIFEST", "SHA256SUMS", "mysql/iot_accounts.sql.gz", "mosquitto/mosquitto.db"} <= set(members)
     assert "secrets/auth_admin_password" in members
+    assert "state/settings.env" in members and "state/rendered-with-a-password.yml" not in members
+    assert read_manifest(online)["state.left_out"].startswith("rendered-with-a-password.yml ")
 
     # The adapter goes away; its persistent session collects what devices publish meanwhile.
     platform.stop("adapter")
