@@ -8,6 +8,10 @@ PHASE is one of
                   simulator, published ports, who reaches whom;
   before-removal  records every stored point, then queues messages for the stopped adapter;
   redeployed      after `docker stack rm` and ./run.sh: all of it is still there;
+  before-backup   a dashboard edit in Grafana; messages queued for an absent persistent session;
+  backup          runs the copy's ./backup.sh while a simulator publishes;
+  fresh           after ./clean.sh -y and ./run.sh: a new stack, without any of that data;
+  restored        after ./restore.sh -y: the data of the moment of the backup is back;
   cleaned         after ./clean.sh -y: nothing of the stack is left (--images: what run.sh built).
 Every check prints PASS or FAIL with what it saw; the exit status is 1 if any failed.
 Only containers of the stack, probe containers started here, 127.0.0.1 and this machine's
@@ -17,6 +21,7 @@ own addresses on veth pairs to network namespaces made here are contacted.
 from __future__ import annotations
 
 import argparse
+import base64
 import concurrent.futures
 import csv
 import hashlib
@@ -36,6 +41,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+# The checkout's own modules, as for everything run from its root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from backup.manifest import read_manifest
 
 STACK = "iot"
 NAMESPACE_LABEL = f"com.docker.stack.namespace={STACK}"
@@ -57,10 +66,10 @@ PORTS = {
     "broker_exporter": 9234,
     "alertmanager": 9093,
     "kong": 8000,
+    "grafana": 3000,
 }
 # CONTRACT section 6: the pairs that must talk, each sharing a network made for it. Written
 # out here, not read from stack.yml, so that the stack file is checked against the contract.
-# (Pairs with Grafana are left out with it.)
 ALLOWED_PAIRS = {
     frozenset(pair)
     for pair in [
@@ -72,11 +81,15 @@ ALLOWED_PAIRS = {
         ("mysql", "phpmyadmin"),
         ("auth_server", "influxdb"),
         ("auth_server", "mqtt_broker"),
+        ("influxdb", "grafana"),
+        ("prometheus", "grafana"),
         ("prometheus", "adapter"),
         ("prometheus", "auth_server"),
         ("prometheus", "influxdb"),
         ("prometheus", "broker_exporter"),
         ("prometheus", "alertmanager"),
+        # Grafana reads the Alertmanager's alerts and silences.
+        ("grafana", "alertmanager"),
         # The broker exporter reads the broker's $SYS statistics over MQTT.
         ("broker_exporter", "mqtt_broker"),
         # The stack's optional device simulator (0 replicas unless scaled up) talks to
@@ -84,9 +97,8 @@ ALLOWED_PAIRS = {
         ("simulator", "mqtt_broker"),
     ]
 }
-# CONTRACT section 6: published ports, by the service publishing them (80 belongs to
-# Grafana, which this deployment leaves out).
-PUBLISHED = {"mqtt_broker": 1883, "phpmyadmin": 8081, "kong": 8080}
+# CONTRACT section 6: published ports, by the service publishing them.
+PUBLISHED = {"mqtt_broker": 1883, "phpmyadmin": 8081, "kong": 8080, "grafana": 80}
 
 
 T = TypeVar("T")
@@ -239,8 +251,8 @@ def counts_by_series(prefix: str) -> dict[str, dict[str, int]]:
     return counts
 
 
-def dump_points(pattern: str) -> tuple[int, str]:
-    """Every stored point of the measurements matching the regex: (how many, SHA-256 of all)."""
+def stored_rows(pattern: str) -> list[tuple[str, ...]]:
+    """Every stored point of the measurements matching the regex, as sorted CSV rows."""
     out = docker(
         "exec",
         container_of("influxdb"),
@@ -254,32 +266,46 @@ def dump_points(pattern: str) -> tuple[int, str]:
         "-execute",
         f"SELECT * FROM /{pattern}/",
     )
-    rows = sorted(row for row in csv.reader(io.StringIO(out)) if row and row[0] != "name")
+    return sorted(tuple(row) for row in csv.reader(io.StringIO(out)) if row and row[0] != "name")
+
+
+def dump_points(pattern: str) -> tuple[int, str]:
+    """Every stored point of the measurements matching the regex: (how many, SHA-256 of all)."""
+    rows = [list(row) for row in stored_rows(pattern)]
     digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
     return len(rows), digest
 
 
-def run_simulator(ctx: Context, name: str, *args: str) -> dict[str, Any]:
-    """The simulator image on the host's network: it publishes to port 1883 of this node,
-    the broker's published port. Returns its JSON summary."""
+def simulator_command(ctx: Context, name: str, *args: str) -> tuple[list[str], Path]:
+    """`docker run` of the simulator image on the host's network: it publishes to port 1883 of
+    this node, the broker's published port, and writes its JSON summary into the folder."""
     out_dir = ctx.work / "simulator" / name
     out_dir.mkdir(parents=True, exist_ok=True)
     out_dir.chmod(0o777)  # the image runs as its own non-root user
-    proc = subprocess.run(
-        [
-            "docker", "run", "--rm", "--network", "host", "--label", f"{PROBE_LABEL}=simulator",
-            "-v", f"{out_dir}:/out", ctx.simulator_image,
-            "--host", "127.0.0.1", "--port", "1883", "--locations", LOCATION, "--quiet",
-            "--summary-json", "/out/summary.json", *args,
-        ],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        raise CheckFailedError(f"the simulator exited with {proc.returncode}: {proc.stderr.strip()[-800:]}")
+    command = [
+        "docker", "run", "--rm", "--network", "host", "--label", f"{PROBE_LABEL}=simulator",
+        "--name", f"e2e-simulator-{name}", "-v", f"{out_dir}:/out", ctx.simulator_image,
+        "--host", "127.0.0.1", "--port", "1883", "--locations", LOCATION, "--quiet",
+        "--summary-json", "/out/summary.json", *args,
+    ]  # fmt: skip
+    return command, out_dir
+
+
+def simulator_summary(returncode: int, stderr: str, out_dir: Path) -> dict[str, Any]:
+    """The summary of a simulator run that ended; a failure unless the broker acked everything."""
+    if returncode != 0:
+        raise CheckFailedError(f"the simulator exited with {returncode}: {stderr.strip()[-800:]}")
     summary: dict[str, Any] = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
     if not summary["complete"] or summary["messages_acked"] != summary["messages_sent"]:
         raise CheckFailedError(f"the broker did not acknowledge every message: {summary}")
     return summary
+
+
+def run_simulator(ctx: Context, name: str, *args: str) -> dict[str, Any]:
+    """Runs the simulator to its end (--count or --duration); returns its JSON summary."""
+    command, out_dir = simulator_command(ctx, name, *args)
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    return simulator_summary(proc.returncode, proc.stderr, out_dir)
 
 
 def http_probe(ctx: Context, network: str, base_url: str, steps: list[dict[str, Any]]) -> dict[str, Any]:
@@ -354,7 +380,7 @@ def check_services_running(ctx: Context) -> str:
     idle = [name for name, (_, desired) in services.items() if not desired]
     return (
         f"{', '.join(running_services())} each run their task; {', '.join(idle) or 'none'} at 0 replicas "
-        "as stack.yml says; grafana left out"
+        "as stack.yml says"
     )
 
 
@@ -491,7 +517,16 @@ def check_prometheus(ctx: Context) -> str:
     def targets() -> dict[str, float]:
         return {r["metric"]["job"]: float(r["value"][1]) for r in prometheus_query("up")}
 
-    wanted = {"adapter", "auth_server", "influxdb", "kong", "prometheus", "broker_exporter", "alertmanager"}
+    wanted = {
+        "adapter",
+        "auth_server",
+        "influxdb",
+        "kong",
+        "grafana",
+        "prometheus",
+        "broker_exporter",
+        "alertmanager",
+    }
     up = poll("scrape targets", targets, lambda t: all(t.get(job) == 1 for job in wanted), 120)
     if not all(up.get(job) == 1 for job in wanted):
         raise CheckFailedError(f"up by job: {up}; expected 1 for {sorted(wanted)}")
@@ -527,8 +562,7 @@ def check_prometheus(ctx: Context) -> str:
     sent = prometheus_query("sum(prometheus_notifications_sent_total)")
     return (
         f"{', '.join(sorted(wanted))} are up; adapter_points_written_total {total:.0f}; broker statistics "
-        f"live; the Alertmanager discovered ({pretty(sent)} notifications sent); other jobs {others} "
-        "(Grafana is left out)"
+        f"live; the Alertmanager discovered ({pretty(sent)} notifications sent); other jobs {others}"
     )
 
 
@@ -964,6 +998,206 @@ def check_nothing_left(ctx: Context, images: list[str]) -> str:
     )
 
 
+# --- Backup and restore --------------------------------------------------------------
+#
+# before-backup and backup run on the redeployed stack; then run_e2e.sh removes it with its
+# data and secrets (./clean.sh -y), deploys a new one (./run.sh), checks it is empty (fresh),
+# restores the archive (./restore.sh -y) and checks what came back (restored).
+
+GRAFANA_URL = f"http://127.0.0.1:{PUBLISHED['grafana']}"
+EDITED_DASHBOARD = {
+    "uid": "e2e-edited",
+    "title": "Edited before the backup",
+    "panels": [{"id": 1, "type": "timeseries", "title": "BAT of every E2E device"}],
+}
+# Three levels, so not a device topic: the adapter refuses it, and only the absent session keeps it.
+QUEUE_TOPIC = "e2e-queue/absent/session"
+QUEUE_CLIENT = "e2e-absent-session"
+QUEUED_MESSAGES = 25
+# Their containers must not change while a backup runs: the backup is online.
+ONLINE = ("mqtt_broker", "influxdb", "mysql", "grafana", "adapter", "auth_server")
+
+
+def grafana_call(method: str, path: str, password: str, body: Any = None) -> tuple[int, Any]:
+    """Grafana's HTTP API through its published port, as the user `assistant`."""
+    token = base64.b64encode(f"assistant:{password}".encode()).decode()
+    request = urllib.request.Request(
+        GRAFANA_URL + path,
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+def mqtt_session(ctx: Context, *args: str) -> str:
+    """tests/e2e/mqtt_session.py in the simulator's image (it has paho-mqtt), on the host's network."""
+    return docker(
+        "run", "--rm", "--network", "host", "--label", f"{PROBE_LABEL}=mqtt-session",
+        "-v", f"{HERE / 'mqtt_session.py'}:/mqtt_session.py:ro", "--entrypoint", "python3",
+        ctx.simulator_image, "/mqtt_session.py", "--port", "1883", *args,
+        timeout=180,
+    )  # fmt: skip
+
+
+def check_grafana_edit(ctx: Context) -> str:
+    password = ctx.secret("grafana_admin_password")
+    status, body = grafana_call("POST", "/api/dashboards/db", password, {"dashboard": EDITED_DASHBOARD})
+    if status != 200:
+        raise CheckFailedError(f"saving a dashboard: HTTP {status}: {body}")
+    status, read = grafana_call("GET", f"/api/dashboards/uid/{EDITED_DASHBOARD['uid']}", password)
+    if status != 200 or read["dashboard"]["title"] != EDITED_DASHBOARD["title"]:
+        raise CheckFailedError(f"the saved dashboard reads back as HTTP {status}: {read}")
+    ctx.save_state(grafana_password=password, dashboard_version=body["version"])
+    return f"dashboard {EDITED_DASHBOARD['uid']} saved through port 80 (version {body['version']})"
+
+
+def check_queue_for_absent_session(ctx: Context) -> str:
+    mqtt_session(ctx, "subscribe", QUEUE_CLIENT, QUEUE_TOPIC)
+    payloads = [f"queued {n} {secrets.token_hex(4)}" for n in range(QUEUED_MESSAGES)]
+    docker(
+        "exec", "-i", container_of("mqtt_broker"),
+        "mosquitto_pub", "-h", "127.0.0.1", "-p", "1883", "-q", "1", "-t", QUEUE_TOPIC, "-l",
+        stdin="\n".join(payloads) + "\n",
+    )  # fmt: skip
+    ctx.save_state(queued_payloads=payloads)
+    return f"{QUEUED_MESSAGES} QoS 1 messages wait in the broker for the absent session {QUEUE_CLIENT}"
+
+
+def check_backup_while_ingesting(ctx: Context) -> str:
+    before = stored_rows(".*")
+    containers = {service: container_of(service) for service in ONLINE}
+    command, out_dir = simulator_command(
+        ctx, "during-backup", "--devices", "3", "--station-prefix", "bk-", "--rate", "10", "--seed", "12"
+    )
+    simulator = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        poll("readings under way", lambda: counts_by_series("bk-"), bool, 60)
+        started = time.monotonic()
+        backup = subprocess.run(
+            ["./backup.sh", str(ctx.work / "backups")],
+            cwd=ctx.copy, capture_output=True, text=True, timeout=900, check=False,
+        )  # fmt: skip
+        seconds = time.monotonic() - started
+        (ctx.work / "backup.sh.log").write_text(backup.stdout + backup.stderr, encoding="utf-8")
+        still_publishing = simulator.poll() is None
+    finally:
+        # SIGTERM: the simulator stops producing and waits for its last acknowledgements.
+        docker("kill", "--signal", "TERM", "e2e-simulator-during-backup", check=False)
+        _, stderr = simulator.communicate(timeout=120)
+    if backup.returncode != 0:
+        raise CheckFailedError(f"./backup.sh failed:\n{(backup.stdout + backup.stderr)[-2000:]}")
+    if not still_publishing:
+        raise CheckFailedError("the simulator stopped before the backup ended")
+    summary = simulator_summary(simulator.returncode, stderr, out_dir)
+    expected = summary["series"]
+    stored = poll("points in InfluxDB", lambda: counts_by_series("bk-"), lambda c: c == expected, 120)
+    if stored != expected:
+        raise CheckFailedError(f"InfluxDB holds {pretty(stored)}, the simulator sent {pretty(expected)}")
+    restarted = [service for service, container in containers.items() if container_of(service) != container]
+    if restarted:
+        raise CheckFailedError(f"the backup restarted {restarted}")
+    archives = sorted((ctx.work / "backups").glob("iot-backup-swarm-*.tar"))
+    if len(archives) != 1 or archives[0].stat().st_mode & 0o777 != 0o600:
+        raise CheckFailedError(f"expected one archive of mode 600, found {archives}")
+    manifest = read_manifest(archives[0])
+    if manifest.get("components") != "mosquitto influxdb mysql grafana" or manifest.get("mode") != "swarm":
+        raise CheckFailedError(f"the manifest says {manifest}")
+    ctx.save_state(
+        rows_before=[list(r) for r in before],
+        rows_after=[list(r) for r in stored_rows(".*")],
+        admin_password=ctx.secret("auth_admin_password"),
+    )
+    return (
+        f"./backup.sh took {seconds:.0f}s while 3 devices published ({summary['messages_sent']} messages, "
+        f"all {summary['values']} values stored); no container of {', '.join(ONLINE)} changed; "
+        f"{archives[0].name}: {archives[0].stat().st_size / 1024:.0f} KiB, "
+        f"grafana.db.gz {manifest.get('grafana.bytes')} bytes"
+    )
+
+
+def check_fresh_stack_is_empty(ctx: Context) -> str:
+    if stored_rows(".*"):
+        raise CheckFailedError("the new stack's InfluxDB already holds points")
+    steps = [
+        {"name": "device", "method": "POST", "path": "/api/auth/login",
+         "json": {"username": "e2e-device", "password": ctx.need("device_password")}},
+        {"name": "admin", "method": "POST", "path": "/api/auth/login",
+         "json": {"username": "admin", "password": ctx.need("admin_password")}},
+    ]  # fmt: skip
+    results = http_probe(ctx, "kong_auth", f"http://auth_server:{PORTS['auth_server']}", steps)
+    expect_status(results, "device", 401)
+    expect_status(results, "admin", 401)
+    status, _ = grafana_call(
+        "GET", f"/api/dashboards/uid/{EDITED_DASHBOARD['uid']}", ctx.need("grafana_password")
+    )
+    if status != 404:
+        raise CheckFailedError(f"the new Grafana answers {status} for the edited dashboard, not 404")
+    if ctx.secret("auth_admin_password") == ctx.need("admin_password"):
+        raise CheckFailedError("the new stack has the old admin secret: it was not a new deployment")
+    return "no point, no account (the device and the old admin get 401), no dashboard edit, new secrets"
+
+
+def check_restored_points(ctx: Context) -> str:
+    before = {tuple(r) for r in ctx.need("rows_before")}
+    after = {tuple(r) for r in ctx.need("rows_after")}
+    # The restored broker queue may still be reaching InfluxDB through the adapter.
+    rows = poll("the restored points", lambda: set(stored_rows(".*")), lambda r: before <= r, 120)
+    if not before <= rows:
+        raise CheckFailedError(
+            f"{len(before - rows)} of the {len(before)} points stored before the backup are missing"
+        )
+    if not rows <= after:
+        raise CheckFailedError(f"{len(rows - after)} restored points were never stored before the restore")
+    during = len(rows - before)
+    return (
+        f"{len(rows)} points: all {len(before)} stored before the backup began, and {during} of the "
+        f"{len(after - before)} written while it ran (the rest came after its snapshot)"
+    )
+
+
+def check_restored_queue(ctx: Context) -> str:
+    payloads = ctx.need("queued_payloads")
+    out = mqtt_session(ctx, "collect", QUEUE_CLIENT, "--count", str(len(payloads)), "--timeout", "30")
+    got = json.loads(out)
+    if not got["session_present"] or got["payloads"] != payloads:
+        raise CheckFailedError(f"the session came back with {got}, expected {len(payloads)} queued payloads")
+    return (
+        f"{QUEUE_CLIENT} reconnected to its restored session and received its {len(payloads)} "
+        "queued messages, in order"
+    )
+
+
+def check_restored_accounts(ctx: Context) -> str:
+    kept = check_accounts_kept(ctx)
+    steps = [
+        {"name": "old-admin", "method": "POST", "path": "/api/auth/login",
+         "json": {"username": "admin", "password": ctx.need("admin_password")}},
+        {"name": "new-admin", "method": "POST", "path": "/api/auth/login",
+         "json": {"username": "admin", "password": ctx.secret("auth_admin_password")}},
+    ]  # fmt: skip
+    results = http_probe(ctx, "kong_auth", f"http://auth_server:{PORTS['auth_server']}", steps)
+    expect_status(results, "old-admin", 200)
+    expect_status(results, "new-admin", 401)
+    return f"{kept}; the admin logs in with its password of the backup, not the new secret"
+
+
+def check_restored_grafana(ctx: Context) -> str:
+    uid = EDITED_DASHBOARD["uid"]
+    status, read = grafana_call("GET", f"/api/dashboards/uid/{uid}", ctx.need("grafana_password"))
+    if status != 200 or read["dashboard"]["title"] != EDITED_DASHBOARD["title"]:
+        raise CheckFailedError(f"the edited dashboard reads as HTTP {status}: {read}")
+    if read["meta"]["version"] != ctx.need("dashboard_version"):
+        raise CheckFailedError(f"version {read['meta']['version']}, saved as {ctx.need('dashboard_version')}")
+    return (
+        f"dashboard {uid} is back (version {read['meta']['version']}), read with the password of the backup"
+    )
+
+
 # --- Runner --------------------------------------------------------------------------
 
 PHASES: dict[str, list[Callable[[Context], str]]] = {
@@ -988,6 +1222,16 @@ PHASES: dict[str, list[Callable[[Context], str]]] = {
         check_points_kept,
         check_queue_delivered,
         check_accounts_kept,
+    ],
+    "before-backup": [check_grafana_edit, check_queue_for_absent_session],
+    "backup": [check_backup_while_ingesting],
+    "fresh": [check_services_running_again, check_fresh_stack_is_empty],
+    "restored": [
+        check_services_running_again,
+        check_restored_points,
+        check_restored_queue,
+        check_restored_accounts,
+        check_restored_grafana,
     ],
 }
 

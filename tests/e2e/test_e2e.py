@@ -51,7 +51,17 @@ def test_stack_deploys_works_survives_a_redeploy_and_cleans_up() -> None:
     failed = [line for line in output.splitlines() if line.startswith("FAIL ")]
     assert proc.returncode == 0 and not failed, "\n".join(failed) + "\n\n" + output[-20000:]
     passed = [line for line in output.splitlines() if line.startswith("PASS ")]
-    # Every phase ran: the deployed stack, the removal and redeploy, and clean.sh.
-    for check in ("PASS network_isolation", "PASS points_kept", "PASS queue_delivered", "PASS nothing_left"):
+    # Every phase ran: the deployed stack, the removal and redeploy, backup and restore, clean.sh.
+    for check in (
+        "PASS network_isolation",
+        "PASS points_kept",
+        "PASS queue_delivered",
+        "PASS backup_while_ingesting",
+        "PASS restored_points",
+        "PASS restored_queue",
+        "PASS restored_accounts",
+        "PASS restored_grafana",
+        "PASS nothing_left",
+    ):
         assert any(line.startswith(check) for line in passed), f"{check} missing:\n{output[-20000:]}"
     assert "PASSED: the end-to-end test of the stack" in output

@@ -1,4 +1,5 @@
-"""run.sh and clean.sh: lint, usage, and the versioned Swarm config names run.sh sets."""
+"""run.sh, clean.sh, backup.sh and restore.sh: lint and usage; the versioned Swarm config names
+run.sh sets."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from tests.servers import REPO_ROOT, require_binary
 from tests.stack.conftest import SECURE_ENV, stack_config
 
-SCRIPTS = ["run.sh", "clean.sh"]
+SCRIPTS = ["run.sh", "clean.sh", "backup.sh", "restore.sh"]
 # Every shell script of the project is linted, not only the two entry points.
 SHELL_SCRIPTS = sorted(
     {*SCRIPTS, "test.sh", ".ci/run"}
