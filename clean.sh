@@ -19,8 +19,9 @@ Swarm: the stack `iot` (its services, networks and configs), the secrets run.sh
 created, the images it built, the iot.data node label it added, the swarm itself if
 run.sh created it, and - after asking - the data volumes (InfluxDB, Grafana, MySQL,
 Mosquitto, Prometheus, Alertmanager). Kept volumes keep their secrets (and the alert
-settings) in .state/swarm/secrets/, so a later ./run.sh starts again with the same data,
-passwords and alert receivers.
+settings) in .state/swarm/secrets/, and the secure profile's certificates in
+.state/swarm/tls/, so a later ./run.sh starts again with the same data, passwords, alert
+receivers and CA.
 
 Local mode: stops the local processes and - after asking - removes .state/local/
 (InfluxDB data, broker queue, logs).
@@ -163,14 +164,15 @@ clean_swarm() {
     if confirm "Delete them, with all device data, dashboards, accounts and broker queues?"; then
       # shellcheck disable=SC2086 # one name per word
       docker volume rm $volumes >/dev/null
-      rm -rf "$swarm_state/secrets"
+      rm -rf "$swarm_state/secrets" "$swarm_state/tls"
       log "Removed the data volumes"
     else
-      log "Kept the data volumes; their passwords stay in $swarm_state/secrets/"
+      # The certificates too: devices that trust this private CA keep working after a redeploy.
+      log "Kept the data volumes; their passwords stay in $swarm_state/secrets/ (certificates in $swarm_state/tls/)"
     fi
   else
-    # No data left that was set up with these passwords.
-    rm -rf "$swarm_state/secrets"
+    # No data left that was set up with these passwords, no device left that trusts the CA.
+    rm -rf "$swarm_state/secrets" "$swarm_state/tls"
   fi
 
   if [[ -f $swarm_state/swarm-created ]]; then

@@ -10,9 +10,13 @@ readonly STACK=iot
 readonly SECRET_LABEL=org.iot-platform.created-by=run.sh
 # Stateful services run on the node carrying this label (see stack.yml).
 readonly DATA_LABEL=iot.data
-# Every secret stack.yml uses, without the iot_ prefix of its Swarm name.
+# Every password and key stack.yml and stack.secure.yml use, without the iot_ prefix of
+# their Swarm names (created in both profiles: switching to --secure needs no new one).
+# The TLS certificates of the secure profile are secrets too (see ensure_tls).
 readonly SECRETS=(grafana_admin_password mysql_root_password mysql_password jwt_secret
-  auth_admin_password mqtt_admin_password adapter_mqtt_password broker_exporter_mqtt_password)
+  auth_admin_password mqtt_admin_password adapter_mqtt_password broker_exporter_mqtt_password
+  grafana_metrics_password adapter_mqtt_client_id influxdb_admin_password influxdb_adapter_password
+  influxdb_auth_password influxdb_grafana_password)
 readonly GRAFANA_DEFAULT_PASSWORD=grafanaIDP2023
 
 usage() {
@@ -23,18 +27,22 @@ Sets up the IoT platform and starts it. Safe to run again: it applies what chang
 
 Swarm mode (a Docker engine answers; run it on a swarm manager, or on a Docker host
 that is in no swarm yet, which becomes a single-node swarm):
-  builds the project's images, creates the missing secrets (random values, printed once,
-  kept in .state/swarm/secrets/), deploys stack.yml as the stack `iot`, waits until every
-  service is running and healthy, and prints the endpoints and logins.
+  builds the project's images, creates the missing secrets (random values, kept in
+  .state/swarm/secrets/, never printed), deploys stack.yml as the stack `iot`, waits until
+  every service is running and healthy, and prints the endpoints and where the logins are.
 
 Local mode (no Docker engine answers, or --local): runs the platform's core as local
 processes instead: Mosquitto, InfluxDB and the adapter (from .venv). Installs the Debian
 packages it needs when run as root. Logs, PIDs and data go to .state/local/.
 
 Options:
-  --secure           broker in secure mode: devices need an account and per-topic rights
-                     (Mosquitto dynamic security, managed by the auth server); without it
-                     any client may publish and subscribe
+  --secure           the hardened profile (stack.secure.yml): devices need an account and
+                     per-topic rights (Mosquitto dynamic security, managed by the auth
+                     server) and connect with TLS on 8883 (1883 is not published); the API
+                     is HTTPS on 8443 (8080 is not published); InfluxDB requires a login
+                     (Grafana's is read-only). Certificates: .state/swarm/tls/, made from
+                     a private CA when missing (needs openssl). Without it any client may
+                     publish and subscribe, over plain MQTT and HTTP
   --local            use local mode even where Docker is available
   --timeout SECONDS  how long to wait for the services to become healthy (default 600)
   -h, --help         this help
@@ -46,10 +54,15 @@ Environment (all optional):
   IOT_REGISTRY=host/path     tag the built images there and push them (multi-node swarms)
   BASE_IMAGE=image           base image for the project's Dockerfiles (python:3.11-slim)
   SWARM_ADVERTISE_ADDR=ip    the address `docker swarm init` advertises (hosts with several)
+  GRAFANA_ROOT_URL=url       the address users open Grafana at, for the links it builds
+                             (default http://<this node's swarm address>/)
   ADAPTER_REPLICAS, ADAPTER_MQTT_TOPIC
                              scale the adapter: ADAPTER_REPLICAS=3 ADAPTER_MQTT_TOPIC='$share/adapters/#'
   IOT_SECRET_<NAME>=value    value for a secret that does not exist yet, e.g.
                              IOT_SECRET_GRAFANA_ADMIN_PASSWORD (required in CI)
+  IOT_TLS_NAMES=a,b          --secure: more host names or addresses devices and clients use
+                             for this swarm, put into the certificates run.sh makes
+  IOT_TLS_DIR=path           --secure: where the certificates are (.state/swarm/tls)
   Alert delivery (remembered in .state/swarm/secrets/; set one to '' to remove it):
   IOT_ALERT_WEBHOOK_URL      POST every alert (and its resolution) there as JSON
   IOT_ALERT_EMAIL_TO, IOT_ALERT_EMAIL_FROM, IOT_ALERT_SMTP_HOST (host:port),
@@ -94,6 +107,7 @@ export_config_hashes() {
   local -A files=(
     [MOSQUITTO_CONF_HASH]=$MOSQUITTO_CONF_FILE
     [MOSQUITTO_RUN_BROKER_HASH]=mosquitto_mqtt_vol/run_broker.sh
+    [MOSQUITTO_ACL_HASH]=mosquitto_mqtt_vol/mosquitto-open.acl
     [INFLUXDB_INIT_HASH]=database/init_influx_db.sh
     [GRAFANA_DATASOURCES_HASH]=grafana_db/grafana_provisioning/datasources/datasources.yml
     [GRAFANA_DASHBOARDS_HASH]=grafana_db/grafana_provisioning/dashboards/dashboards.yml
@@ -101,6 +115,7 @@ export_config_hashes() {
     [GRAFANA_DASHBOARD_BATTERY_HASH]=grafana_db/grafana_provisioning/grafana_dashboards/battery_dashboard.json
     [GRAFANA_DASHBOARD_PLATFORM_HEALTH_HASH]=grafana_db/grafana_provisioning/grafana_dashboards/platform_health.json
     [KONG_CONFIG_HASH]=kong/kong.yml
+    [PHPMYADMIN_CONFIG_HASH]=phpmyadmin/config.user.inc.php
     [PROMETHEUS_CONFIG_HASH]=prometheus/prometheus.yml
     [PROMETHEUS_ALERTS_HASH]=prometheus/alerts.yml
   )
@@ -111,6 +126,27 @@ export_config_hashes() {
     # The content alone: the file's name is already part of the config's name.
     export "$var=$(sha256sum <"$file" | cut -c1-12)"
   done
+}
+
+# This node's address in the swarm (what the other nodes and the endpoints use).
+node_address() {
+  docker info --format '{{.Swarm.NodeAddr}}'
+}
+
+# grafana_root_url ADDRESS: where users open Grafana (its port 80), for the links Grafana
+# builds (GF_SERVER_ROOT_URL in stack.yml): GRAFANA_ROOT_URL when set, else http://ADDRESS/.
+grafana_root_url() {
+  local addr=$1 url=${GRAFANA_ROOT_URL:-}
+  if [[ -n $url ]]; then
+    [[ $url =~ ^https?://[^/[:space:]]+(/[^[:space:]]*)?$ ]] ||
+      die "GRAFANA_ROOT_URL=$url is not an address like http://grafana.example.com/"
+    printf '%s\n' "$url"
+    return
+  fi
+  [[ -n $addr ]] || addr=localhost
+  # An IPv6 address goes in brackets in a URL.
+  [[ $addr == *:* ]] && addr="[$addr]"
+  printf 'http://%s/\n' "$addr"
 }
 
 mode_name() {
@@ -200,12 +236,19 @@ render_alertmanager_config() {
   fi
 }
 
-# Selects the broker configuration and tells the auth server which mode it is in.
+# The profile: the compose files to deploy (STACK_FILES), the broker configuration, the
+# published ports, and the mode the auth server keeps the broker's accounts in. Always
+# exported, never taken from the environment, so that a stray variable cannot publish a
+# port of the other profile.
 export_mode() {
   if [[ $SECURE == true ]]; then
+    STACK_FILES=(stack.yml stack.secure.yml)
     export MOSQUITTO_CONF_FILE=./mosquitto_mqtt_vol/mosquitto-secure.conf MQTT_SECURE=true
+    export MQTT_PUBLISHED_PORT=8883 KONG_PUBLISHED_PORT=8443 KONG_PROXY_PORT=8443
   else
+    STACK_FILES=(stack.yml)
     export MOSQUITTO_CONF_FILE=./mosquitto_mqtt_vol/mosquitto.conf MQTT_SECURE=false
+    export MQTT_PUBLISHED_PORT=1883 KONG_PUBLISHED_PORT=8080 KONG_PROXY_PORT=8000
   fi
 }
 
@@ -215,8 +258,10 @@ docker_error() {
 
 swarm_check_prerequisites() {
   docker stack --help >/dev/null 2>&1 || die "this Docker CLI has no 'docker stack' (install Docker 20.10 or newer)"
-  local tool
-  for tool in sha256sum od tar find; do
+  local tool tools=(sha256sum od tar find)
+  # The secure profile's certificates.
+  [[ $SECURE == true ]] && tools+=(openssl)
+  for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null || die "'$tool' is required but not installed"
   done
 }
@@ -319,21 +364,27 @@ ensure_secrets() {
     elif [[ $secret == grafana_admin_password ]]; then
       # The documented default login; change it in Grafana after the first login.
       value=$GRAFANA_DEFAULT_PASSWORD
+    elif [[ $secret == adapter_mqtt_client_id ]]; then
+      # The name of the adapter's persistent session: unguessable, so nobody can take the
+      # session over. Nobody types it, so it is generated everywhere (CI too) and not shown.
+      value=$(random_secret)
     elif [[ ${CI:-} == true ]]; then
       # A generated password would end up in the job log and nowhere else.
       die "secret $name does not exist. In CI set the masked variable $env_var, or create it
   on the swarm: printf '%s' 'the-value' | docker secret create $name -"
     else
       value=$(random_secret)
-      created+=("$secret=$value")
     fi
     (umask 077 && printf '%s' "$value" >"$file")
+    # On standard input: a value never goes on a command line (any user may read those).
     printf '%s' "$value" | docker secret create --label "$SECRET_LABEL" "$name" - >/dev/null
+    created+=("$secret")
   done
   if ((${#created[@]})); then
-    log "Created secrets (shown this once; kept in $secrets_dir/, readable only by you):"
-    local entry
-    for entry in "${created[@]}"; do note "${entry%%=*}: ${entry#*=}"; done
+    # Where they are, never their values: this output ends up in terminals' scrollback and
+    # in CI logs.
+    log "Created ${#created[@]} secret(s) in $secrets_dir/ (readable only by you): ${created[*]}"
+    note "read one with: cat $secrets_dir/<name>   (e.g. cat $secrets_dir/auth_admin_password)"
   fi
 }
 
@@ -354,12 +405,164 @@ note_adapter_scale_down() {
   note "(README: The adapter, Scaling out)."
 }
 
+# --- TLS certificates (the secure profile) -----------------------------------------
+#
+# TLS_DIR (.state/swarm/tls/, or IOT_TLS_DIR) holds, for each server NAME (mqtt: the
+# broker's 8883, kong: the API's 8443), NAME.crt (the certificate, chain included) and
+# NAME.key. Files you put there are used as they are; a missing pair is made here, signed
+# by a private CA (ca.crt, ca.key) made once. Each file becomes a Swarm secret named after
+# a hash of its content, so a replaced certificate is rolled out by the next ./run.sh.
+readonly TLS_SERVERS=(mqtt kong)
+readonly TLS_SERVER_DAYS=730 TLS_CA_DAYS=3650 TLS_RENEW_WARNING_DAYS=30
+
+# The names devices and clients may use for this swarm: the node's address and host names,
+# loopback, and IOT_TLS_NAMES (comma-separated). (The stack's own services use the plain,
+# unpublished listeners: no certificate needs their service names.)
+tls_default_names() {
+  local addr host names=(localhost 127.0.0.1)
+  host=$(hostname 2>/dev/null || true)
+  [[ -n $host ]] && names+=("$host")
+  host=$(hostname -f 2>/dev/null || true)
+  [[ -n $host ]] && names+=("$host")
+  addr=$(docker info --format '{{.Swarm.NodeAddr}}' 2>/dev/null || true)
+  [[ -n $addr ]] && names+=("$addr")
+  local extra
+  IFS=, read -ra extra <<<"${IOT_TLS_NAMES:-}"
+  names+=("${extra[@]}")
+  printf '%s\n' "${names[@]}" | sed -e 's/^ *//' -e 's/ *$//' | awk 'NF && !seen[$0]++'
+}
+
+# The subjectAltName value for the given names: IP addresses as IP:, the rest as DNS:.
+tls_alt_names() {
+  local name entries=()
+  for name in "$@"; do
+    if [[ $name =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ || $name == *:* ]]; then
+      entries+=("IP:$name")
+    elif [[ $name =~ ^[A-Za-z0-9*]([A-Za-z0-9._-]*[A-Za-z0-9])?$ ]]; then
+      entries+=("DNS:$name")
+    else
+      die "'$name' is not a host name or an IP address (IOT_TLS_NAMES)"
+    fi
+  done
+  local IFS=,
+  echo "${entries[*]}"
+}
+
+# tls_make_ca DIR: the private CA, once. Its key never leaves DIR (mode 600).
+tls_make_ca() {
+  local dir=$1
+  [[ -s $dir/ca.crt && -s $dir/ca.key ]] && return 0
+  [[ -e $dir/ca.crt || -e $dir/ca.key ]] && die "$dir has only one of ca.crt and ca.key: give both, or remove the other"
+  log "Creating a private certificate authority in $dir/ (ca.crt: give it to devices and clients)"
+  (
+    umask 077
+    openssl req -x509 -new -newkey rsa:3072 -nodes -sha256 -days "$TLS_CA_DAYS" \
+      -subj "/O=IoT platform/CN=IoT platform private CA $(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')" \
+      -addext "basicConstraints=critical,CA:TRUE,pathlen:0" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign" \
+      -addext "subjectKeyIdentifier=hash" \
+      -keyout "$dir/ca.key.new" -out "$dir/ca.crt.new" 2>"$dir/openssl.log"
+  ) || die "openssl could not create the CA (see $dir/openssl.log)"
+  rm -f "$dir/openssl.log"
+  chmod 644 "$dir/ca.crt.new"
+  # Both are made under *.new names first: a failing openssl or an interrupted run leaves no
+  # half-made file in place.
+  mv "$dir/ca.crt.new" "$dir/ca.crt"
+  mv "$dir/ca.key.new" "$dir/ca.key"
+}
+
+# tls_make_server_cert DIR NAME HOSTNAME...: NAME.crt and NAME.key for those names, signed by
+# the private CA, unless both exist already.
+tls_make_server_cert() {
+  local dir=$1 name=$2
+  shift 2
+  [[ -s $dir/$name.crt && -s $dir/$name.key ]] && return 0
+  [[ -e $dir/$name.crt || -e $dir/$name.key ]] &&
+    die "$dir has only one of $name.crt and $name.key: give both, or remove the other to have both made"
+  tls_make_ca "$dir"
+  local alt_names
+  alt_names=$(tls_alt_names "$@")
+  log "Creating the $name server certificate for $*"
+  (
+    umask 077
+    openssl req -new -newkey rsa:2048 -nodes -sha256 -subj "/O=IoT platform/CN=$1" \
+      -keyout "$dir/$name.key.new" -out "$dir/$name.csr" 2>"$dir/openssl.log" &&
+      openssl x509 -req -in "$dir/$name.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -sha256 \
+        -days "$TLS_SERVER_DAYS" -set_serial "0x$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')" \
+        -extfile <(printf '%s\n' "basicConstraints=critical,CA:FALSE" \
+          "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" \
+          "subjectAltName=$alt_names" "subjectKeyIdentifier=hash" "authorityKeyIdentifier=keyid,issuer") \
+        -out "$dir/$name.crt.new" 2>>"$dir/openssl.log"
+  ) || die "openssl could not create the $name certificate (see $dir/openssl.log)"
+  rm -f "$dir/$name.csr" "$dir/openssl.log"
+  chmod 644 "$dir/$name.crt.new"
+  mv "$dir/$name.key.new" "$dir/$name.key"
+  mv "$dir/$name.crt.new" "$dir/$name.crt"
+}
+
+# tls_check_pair DIR NAME: the certificate and key belong together and the certificate is
+# valid now; a warning when it expires soon.
+tls_check_pair() {
+  local dir=$1 name=$2 cert_key key
+  cert_key=$(openssl x509 -in "$dir/$name.crt" -noout -pubkey 2>/dev/null) ||
+    die "$dir/$name.crt is not a PEM certificate"
+  key=$(openssl pkey -in "$dir/$name.key" -pubout 2>/dev/null) ||
+    die "$dir/$name.key is not a PEM private key without a passphrase"
+  [[ $cert_key == "$key" ]] || die "$dir/$name.key is not the key of $dir/$name.crt"
+  openssl x509 -in "$dir/$name.crt" -noout -checkend 0 >/dev/null ||
+    die "$dir/$name.crt has expired: replace it (or remove $name.crt and $name.key to have new ones made)"
+  if ! openssl x509 -in "$dir/$name.crt" -noout -checkend $((TLS_RENEW_WARNING_DAYS * 86400)) >/dev/null; then
+    log "Warning: $dir/$name.crt expires within $TLS_RENEW_WARNING_DAYS days ($(openssl x509 -in "$dir/$name.crt" -noout -enddate))"
+  fi
+}
+
+# tls_secret FILE NAME: the Swarm secret iot_NAME-<hash of FILE's content> holding FILE
+# (created when missing, from the file's path: the content is never an argument); exports
+# the hash as NAME_HASH in capitals, which stack.secure.yml puts into the secret's name.
+tls_secret() {
+  local file=$1 name=$2 hash
+  hash=$(sha256sum <"$file" | cut -c1-12)
+  if ! docker secret inspect "iot_$name-$hash" >/dev/null 2>&1; then
+    docker secret create --label "$SECRET_LABEL" "iot_$name-$hash" "$file" >/dev/null
+  fi
+  export "${name^^}_HASH=$hash"
+}
+
+ensure_tls() {
+  TLS_DIR=${IOT_TLS_DIR:-$SWARM_STATE/tls}
+  mkdir -p "$TLS_DIR"
+  chmod 700 "$TLS_DIR"
+  local server names
+  for server in "${TLS_SERVERS[@]}"; do
+    if [[ ! -s $TLS_DIR/$server.crt && ${CI:-} == true ]]; then
+      # The CA's key would be kept only in the job's workspace, and lost with it.
+      die "no $TLS_DIR/$server.crt and $server.key: in CI, give the certificates (IOT_TLS_DIR,
+  see the README's security section); run.sh makes a private CA only outside CI"
+    fi
+    mapfile -t names < <(tls_default_names)
+    tls_make_server_cert "$TLS_DIR" "$server" "${names[@]}"
+    tls_check_pair "$TLS_DIR" "$server"
+    tls_secret "$TLS_DIR/$server.crt" "${server}_tls_cert"
+    tls_secret "$TLS_DIR/$server.key" "${server}_tls_key"
+  done
+}
+
+# TLS secrets of earlier certificates (other hashes) that no service uses any more.
+prune_old_tls_secrets() {
+  local secret
+  for secret in $(docker secret ls --filter "label=$SECRET_LABEL" --format '{{.Name}}'); do
+    [[ $secret =~ ^iot_[a-z]+_tls_(cert|key)-[0-9a-f]+$ ]] || continue
+    docker secret rm "$secret" >/dev/null 2>&1 || true # in use: the current one
+  done
+}
+
 deploy_stack() {
-  local args=(stack deploy --compose-file stack.yml --prune --with-registry-auth) help
+  local args=(stack deploy --prune --with-registry-auth) help file
+  for file in "${STACK_FILES[@]}"; do args+=(--compose-file "$file"); done
   # Newer CLIs wait in the foreground unless told not to; we wait below, with progress.
   help=$(docker stack deploy --help 2>&1 || true)
   [[ $help == *--detach* ]] && args+=(--detach=true)
-  log "Deploying stack.yml as stack '$STACK' (broker mode: $(mode_name))"
+  log "Deploying ${STACK_FILES[*]} as stack '$STACK' (profile: $(mode_name))"
   docker "${args[@]}" "$STACK"
 }
 
@@ -451,21 +654,29 @@ prune_old_configs() {
 }
 
 print_swarm_endpoints() {
-  local addr secrets_dir=$SWARM_STATE/secrets grafana_password
-  addr=$(docker info --format '{{.Swarm.NodeAddr}}')
+  local addr secrets_dir=$SWARM_STATE/secrets grafana_password mqtt api
+  addr=$(node_address)
   addr=${addr:-localhost}
   grafana_password="in $secrets_dir/grafana_admin_password"
   if [[ -f $secrets_dir/grafana_admin_password && $(<"$secrets_dir/grafana_admin_password") == "$GRAFANA_DEFAULT_PASSWORD" ]]; then
-    grafana_password=$GRAFANA_DEFAULT_PASSWORD
+    # Not a secret: the documented default, which the first login should change.
+    grafana_password="$GRAFANA_DEFAULT_PASSWORD (the documented default: change it)"
+  fi
+  if [[ $SECURE == true ]]; then
+    mqtt="$addr:8883 (TLS)      mosquitto_pub -h $addr -p 8883 --cafile $TLS_DIR/ca.crt -u <device> -P <password> -t <location>/<station> -m '{\"BAT\": 99}'"
+    api="https://$addr:8443/   through Kong (its CA: $TLS_DIR/ca.crt)"
+  else
+    mqtt="$addr:1883            mosquitto_pub -h $addr -t UPB/RPi_1 -m '{\"BAT\": 99, \"HUMID\": 40}'"
+    api="http://$addr:8080/    through Kong"
   fi
   cat <<EOF
 
-The IoT platform is running (stack '$STACK', broker mode: $(mode_name)).
-  Grafana      http://$addr/         user assistant, password $grafana_password
-  MQTT         $addr:1883            mosquitto_pub -h $addr -t UPB/RPi_1 -m '{"BAT": 99, "HUMID": 40}'
-  HTTP API     http://$addr:8080/    through Kong; admin ${AUTH_ADMIN_USERNAME:-admin}, password in $secrets_dir/auth_admin_password
+The IoT platform is running (stack '$STACK', profile: $(mode_name)).
+  Grafana      $GRAFANA_ROOT_URL         user assistant, password $grafana_password
+  MQTT         $mqtt
+  HTTP API     $api; admin ${AUTH_ADMIN_USERNAME:-admin}, password in $secrets_dir/auth_admin_password
   phpMyAdmin   http://$addr:8081/    user auth_server, password in $secrets_dir/mysql_password
-                                    (or root, password in $secrets_dir/mysql_root_password)
+  Passwords are files in $secrets_dir/ (cat one to read it); run.sh never prints them.
   InfluxDB, MySQL and Prometheus are reachable only inside the stack; the Grafana
   dashboard "Platform Health" shows what Prometheus collects.
   Data flow:   docker service logs -f ${STACK}_adapter
@@ -491,17 +702,21 @@ swarm_mode() {
   ensure_secrets
   render_alertmanager_config
   export_mode
+  if [[ $SECURE == true ]]; then ensure_tls; fi
   export_config_hashes
+  GRAFANA_ROOT_URL=$(grafana_root_url "$(node_address)")
+  export GRAFANA_ROOT_URL
   local previous_mode=""
   [[ -f $SWARM_STATE/mode ]] && previous_mode=$(<"$SWARM_STATE/mode")
   if [[ $previous_mode == secure && $SECURE != true ]]; then
-    log "Note: the broker was in secure mode; this run switches it back to open (./run.sh --secure keeps it)"
+    log "Note: the stack ran the secure profile; this run switches it back to open (./run.sh --secure keeps it)"
   fi
   note_adapter_scale_down
   deploy_stack
   mode_name >"$SWARM_STATE/mode"
   wait_until_converged
   prune_old_configs
+  prune_old_tls_secrets
   print_swarm_endpoints
 }
 
@@ -593,9 +808,11 @@ local_wait() {
   done
 }
 
+# local_require_free_port WHAT VARIABLE [HOST]: fails when something already listens on the
+# port (on HOST, default the address local mode connects to).
 local_require_free_port() {
-  local what=$1 var=$2
-  if port_open "$CONNECT_HOST" "${!var}"; then
+  local what=$1 var=$2 host=${3:-$CONNECT_HOST}
+  if port_open "$host" "${!var}"; then
     die "port ${!var} ($what) is already in use by another program; choose another one: $var=<port> ./run.sh"
   fi
 }
@@ -649,14 +866,16 @@ local_mosquitto_start() {
   mkdir -p "$dir"
   # The stack's configuration with only the listener and the paths changed, so local mode
   # runs the very limits and persistence settings the stack does.
-  local data log
+  local data log acl
   data=$(sed_escape "$dir/")
   log=$(sed_escape "$LOCAL_DIR/logs/")
+  acl=$(sed_escape "$PWD/mosquitto_mqtt_vol/mosquitto-open.acl")
   {
     echo "# Generated by run.sh from mosquitto_mqtt_vol/mosquitto.conf for local mode."
     sed -e "s|^listener 1883\$|listener $IOT_MQTT_PORT $BIND_ADDRESS|" \
       -e "s|/mosquitto/data/|$data|" \
       -e "s|/mosquitto/log/|$log|" \
+      -e "s|/mosquitto/config/mosquitto-open.acl|$acl|" \
       -e '/^log_dest stdout$/d' mosquitto_mqtt_vol/mosquitto.conf
     # Like InfluxDB and the adapter, the broker runs as whoever ran run.sh: as root it
     # would otherwise switch to the `mosquitto` user, who cannot write to this folder.
@@ -678,11 +897,11 @@ local_mosquitto_info() {
 }
 
 influx_ping() {
-  curl -fsS -o /dev/null "http://$CONNECT_HOST:$IOT_INFLUXDB_PORT/ping" 2>/dev/null
+  curl -fsS -o /dev/null "http://127.0.0.1:$IOT_INFLUXDB_PORT/ping" 2>/dev/null
 }
 
 local_influxdb_start() {
-  local_require_free_port "InfluxDB HTTP" IOT_INFLUXDB_PORT
+  local_require_free_port "InfluxDB HTTP" IOT_INFLUXDB_PORT 127.0.0.1
   local_require_free_port "InfluxDB RPC" IOT_INFLUXDB_RPC_PORT
   local dir=$LOCAL_DIR/influxdb conf=$LOCAL_DIR/influxdb.conf
   mkdir -p "$dir"
@@ -698,7 +917,9 @@ bind-address = "127.0.0.1:$IOT_INFLUXDB_RPC_PORT"
   query-log-enabled = false
   index-version = "tsi1"
 [http]
-  bind-address = "$BIND_ADDRESS:$IOT_INFLUXDB_PORT"
+  # Loopback whatever IOT_BIND_ADDRESS says: without authentication, InfluxDB is for the
+  # adapter and the auth server on this machine, never for the network.
+  bind-address = "127.0.0.1:$IOT_INFLUXDB_PORT"
   auth-enabled = false
   log-enabled = false
 [monitor]
@@ -707,12 +928,12 @@ EOF
   local_spawn influxdb "$(command -v influxd || echo /usr/bin/influxd)" -config "$conf"
   local_wait influxdb 60 influx_ping
   # The same script that sets up the stack's InfluxDB (IoT_Devices, retention INF).
-  INFLUX_HOST=$CONNECT_HOST INFLUX_PORT=$IOT_INFLUXDB_PORT bash database/init_influx_db.sh \
+  INFLUX_HOST=127.0.0.1 INFLUX_PORT=$IOT_INFLUXDB_PORT bash database/init_influx_db.sh \
     >>"$LOCAL_DIR/logs/influxdb.log" 2>&1 || die "database/init_influx_db.sh failed (see $LOCAL_DIR/logs/influxdb.log)"
 }
 
 local_influxdb_info() {
-  note "InfluxDB     http://$BIND_ADDRESS:$IOT_INFLUXDB_PORT, database IoT_Devices (no login)"
+  note "InfluxDB     http://127.0.0.1:$IOT_INFLUXDB_PORT, database IoT_Devices (no login, so loopback only)"
   note "             data in $LOCAL_DIR/influxdb/, log $LOCAL_DIR/logs/influxdb.log"
 }
 
@@ -723,12 +944,19 @@ adapter_connected() {
 }
 
 local_adapter_start() {
-  local_require_free_port "adapter metrics" IOT_ADAPTER_METRICS_PORT
+  local_require_free_port "adapter metrics" IOT_ADAPTER_METRICS_PORT 127.0.0.1
+  # As in the stack, the adapter's session has an unguessable name, kept across runs so that
+  # the session (and what it queued) survives a restart.
+  local client_id_file=$LOCAL_DIR/adapter_mqtt_client_id
+  if [[ ! -s $client_id_file ]]; then
+    (umask 077 && random_secret >"$client_id_file")
+  fi
+  # Its metrics on loopback only, whatever IOT_BIND_ADDRESS says.
   local_spawn adapter env \
     PYTHONUNBUFFERED=1 \
-    MQTT_HOST="$CONNECT_HOST" MQTT_PORT="$IOT_MQTT_PORT" MQTT_CLIENT_ID=iot-adapter-local \
-    INFLUXDB_HOST="$CONNECT_HOST" INFLUXDB_PORT="$IOT_INFLUXDB_PORT" INFLUXDB_DATABASE=IoT_Devices \
-    METRICS_PORT="$IOT_ADAPTER_METRICS_PORT" DEBUG_DATA_FLOW="${DEBUG_DATA_FLOW:-true}" \
+    MQTT_HOST="$CONNECT_HOST" MQTT_PORT="$IOT_MQTT_PORT" MQTT_CLIENT_ID_FILE="$client_id_file" \
+    INFLUXDB_HOST=127.0.0.1 INFLUXDB_PORT="$IOT_INFLUXDB_PORT" INFLUXDB_DATABASE=IoT_Devices \
+    METRICS_ADDRESS=127.0.0.1 METRICS_PORT="$IOT_ADAPTER_METRICS_PORT" DEBUG_DATA_FLOW="${DEBUG_DATA_FLOW:-true}" \
     "$VENV/bin/python" "$PWD/adapter/adapter.py"
   local_wait adapter 60 adapter_connected
 }
@@ -800,7 +1028,7 @@ local_mode() {
 Publish a reading:
   mosquitto_pub -h $CONNECT_HOST -p $IOT_MQTT_PORT -q 1 -t UPB/RPi_1 -m '{"BAT": 99, "HUMID": 40}'
 See it stored (series UPB.RPi_1.BAT is measurement RPi_1.BAT, tag location=UPB):
-  influx -host $CONNECT_HOST -port $IOT_INFLUXDB_PORT -database IoT_Devices -execute 'SELECT * FROM "RPi_1.BAT"'
+  influx -host 127.0.0.1 -port $IOT_INFLUXDB_PORT -database IoT_Devices -execute 'SELECT * FROM "RPi_1.BAT"'
 Follow the data flow:   tail -f $LOCAL_DIR/logs/adapter.log
 Stop and remove it all: ./clean.sh
 EOF

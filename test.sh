@@ -20,6 +20,9 @@ declare -A PACKAGES=(
   [node]=nodejs
   [npm]=npm
   [shellcheck]=shellcheck
+  # database/init_influx_db.sh talks to InfluxDB with curl; run.sh --secure makes certificates.
+  [curl]=curl
+  [openssl]=openssl
 )
 
 missing=()

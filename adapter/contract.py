@@ -1,7 +1,8 @@
 """The device message contract: MQTT topic + JSON payload → InfluxDB points.
 
 This is the one implementation of CONTRACT.md section 1-2. The adapter (MQTT) and the
-auth server (HTTP data API) both call `parse_message`; nothing here does I/O.
+auth server (HTTP data API) both call `parse_message` with the same `Limits`, and both
+keep a `SeriesBudget`; nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import calendar
 import json
 import math
 import re
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -22,8 +24,12 @@ TOPIC_RE = re.compile(r"^[^/]+/[^/]+$")
 # InfluxDB 1.x line protocol cannot carry control characters in identifiers or tag values,
 # and has no escape for a backslash: one at the end of a name, or before `"`, `,` or `=`,
 # is read as an escape and changes the name (checked against a real influxd). Topics or
-# keys like these could never be stored faithfully, so they are refused.
-_UNREPRESENTABLE = re.compile(r'[\x00-\x1f\x7f]|\\$|\\[",=]')
+# keys like these could never be stored faithfully, so they are refused. So are characters
+# that would let a name forge or disguise lines where names are shown (logs, Grafana
+# legends, the HTTP API): C1 controls, the line and paragraph separators U+2028/U+2029, and
+# the bidirectional marks, embeddings, overrides and isolates (U+061C, U+200E/U+200F,
+# U+202A-U+202E, U+2066-U+2069), with which `UPB/RPi_1` and a stranger's name look alike.
+_UNREPRESENTABLE = re.compile(r'[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]|\\$|\\[",=]')
 
 # ISO 8601 extended format as devices send it: date, `T` or a space, time with optional
 # fractional seconds (up to nanoseconds, kept), optional `Z` or ±hh:mm / ±hhmm / ±hh offset.
@@ -46,6 +52,29 @@ TIMESTAMP_KEY = "timestamp"
 NS_PER_S = 1_000_000_000
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one message may hold, and how many series may exist: the same for MQTT and HTTP.
+
+    Every bound is a documented setting (README, adapter configuration); lengths count
+    characters. The defaults leave room for any real device while keeping a hostile
+    message's cost small: at most `max_points_per_message` lines of bounded length.
+    """
+
+    max_message_bytes: int = 256 * 1024
+    max_location_length: int = 128
+    max_station_length: int = 128
+    max_key_length: int = 128
+    max_keys_per_object: int = 1000
+    max_backlog_elements: int = 1000
+    max_points_per_message: int = 10_000
+    max_series_per_device: int = 1000
+    max_series: int = 200_000
+
+
+DEFAULT_LIMITS = Limits()
+
+
 class Reject(StrEnum):
     """Why a message (or one element of a backlog array) was not stored at all."""
 
@@ -54,6 +83,11 @@ class Reject(StrEnum):
     NOT_OBJECT = "not_object"
     BAD_TIMESTAMP = "bad_timestamp"
     TOO_LARGE = "too_large"
+    LOCATION_TOO_LONG = "location_too_long"
+    STATION_TOO_LONG = "station_too_long"
+    TOO_MANY_ELEMENTS = "too_many_elements"
+    TOO_MANY_POINTS = "too_many_points"
+    TOO_MANY_KEYS = "too_many_keys"
 
 
 class Ignore(StrEnum):
@@ -62,6 +96,20 @@ class Ignore(StrEnum):
     NOT_NUMERIC = "not_numeric"
     NOT_FINITE = "not_finite"
     BAD_NAME = "bad_name"
+    KEY_TOO_LONG = "key_too_long"
+
+
+class Drop(StrEnum):
+    """Why a valid point was not stored: a series budget, or InfluxDB refused it for good."""
+
+    DEVICE_SERIES_BUDGET = "device_series_budget"
+    SERIES_BUDGET = "series_budget"
+    TYPE_CONFLICT = "type_conflict"
+    UNPARSABLE = "unparsable"
+    MAX_VALUES_PER_TAG = "max_values_per_tag"
+    MAX_SERIES_PER_DATABASE = "max_series_per_database"
+    BODY_TOO_LARGE = "body_too_large"
+    REFUSED = "refused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +160,18 @@ class TimestampError(ValueError):
     """A `timestamp` value the contract does not accept."""
 
 
+def valid_name(name: str) -> bool:
+    """Whether `name` may be a location, a station or a metric key: not empty, storable as it
+    is in InfluxDB, and shown as it is. The HTTP API applies the same rule to its names."""
+    return bool(name) and not _UNREPRESENTABLE.search(name)
+
+
 def split_topic(topic: str) -> tuple[str, str] | None:
     """`UPB/RPi_1` → ("UPB", "RPi_1"); None for any topic outside the contract."""
     if not TOPIC_RE.match(topic):
         return None
     location, station = topic.split("/")
-    if _UNREPRESENTABLE.search(location) or _UNREPRESENTABLE.search(station):
+    if not valid_name(location) or not valid_name(station):
         return None
     return location, station
 
@@ -199,12 +253,19 @@ def _numeric(value: Any) -> float | Ignore:
     return Ignore.NOT_NUMERIC
 
 
-def parse_record(location: str, station: str, obj: Any, received_ns: int) -> Record:
+def parse_record(
+    location: str, station: str, obj: Any, received_ns: int, limits: Limits = DEFAULT_LIMITS
+) -> Record:
     """One JSON value that should be a flat object → its points (or why not)."""
     record = Record()
     if not isinstance(obj, dict):
         record.reject = Reject.NOT_OBJECT
         record.reject_detail = f"payload is a JSON {type(obj).__name__}, not an object"
+        return record
+    keys = len(obj) - (TIMESTAMP_KEY in obj)
+    if keys > limits.max_keys_per_object:
+        record.reject = Reject.TOO_MANY_KEYS
+        record.reject_detail = f"{keys} keys, at most {limits.max_keys_per_object} (MAX_KEYS_PER_OBJECT)"
         return record
     time_ns = received_ns
     if TIMESTAMP_KEY in obj:
@@ -217,30 +278,47 @@ def parse_record(location: str, station: str, obj: Any, received_ns: int) -> Rec
             return record
         record.device_time = raw
     points = record.points
+    max_key = limits.max_key_length
     for key, raw_value in obj.items():
         if key == TIMESTAMP_KEY:
             continue
         value = _numeric(raw_value)
         if isinstance(value, Ignore):
             record.ignored.append((key, value))
-        elif not key or _UNREPRESENTABLE.search(key):
+        elif len(key) > max_key:
+            record.ignored.append((key, Ignore.KEY_TOO_LONG))
+        elif not valid_name(key):
             record.ignored.append((key, Ignore.BAD_NAME))
         else:
             points.append(Point(location, station, key, value, time_ns))
     return record
 
 
-def parse_message(
-    topic: str, payload: bytes, received_ns: int, max_bytes: int | None = None
-) -> ParsedMessage | Reject:
-    """A whole message → the records it holds, or the reason it is rejected outright.
-
-    A top-level JSON array is a backlog: each element is handled as one message.
-    """
+def check_topic(topic: str, limits: Limits = DEFAULT_LIMITS) -> tuple[str, str] | Reject:
+    """A topic → (location, station), or why the contract refuses it."""
     parts = split_topic(topic)
     if parts is None:
         return Reject.BAD_TOPIC
-    if max_bytes is not None and len(payload) > max_bytes:
+    location, station = parts
+    if len(location) > limits.max_location_length:
+        return Reject.LOCATION_TOO_LONG
+    if len(station) > limits.max_station_length:
+        return Reject.STATION_TOO_LONG
+    return parts
+
+
+def parse_message(
+    topic: str, payload: bytes, received_ns: int, limits: Limits = DEFAULT_LIMITS
+) -> ParsedMessage | Reject:
+    """A whole message → the records it holds, or the reason it is rejected outright.
+
+    A top-level JSON array is a backlog: each element is handled as one message. The cheap
+    checks (topic, sizes) come first, so a hostile message costs little before it is refused.
+    """
+    parts = check_topic(topic, limits)
+    if isinstance(parts, Reject):
+        return parts
+    if len(payload) > limits.max_message_bytes:
         return Reject.TOO_LARGE
     try:
         doc = json.loads(payload, parse_constant=_reject_constant)
@@ -248,9 +326,123 @@ def parse_message(
         return Reject.NOT_JSON
     location, station = parts
     elements: Iterable[Any] = doc if isinstance(doc, list) else (doc,)
-    return ParsedMessage(
-        location, station, [parse_record(location, station, e, received_ns) for e in elements]
-    )
+    if isinstance(doc, list) and len(doc) > limits.max_backlog_elements:
+        return Reject.TOO_MANY_ELEMENTS
+    records = []
+    points = 0
+    for element in elements:
+        record = parse_record(location, station, element, received_ns, limits)
+        points += len(record.points)
+        if points > limits.max_points_per_message:
+            return Reject.TOO_MANY_POINTS
+        records.append(record)
+    return ParsedMessage(location, station, records)
+
+
+# --- Series budget ----------------------------------------------------------------------
+
+# A stored series is one (location, station, metric): measurement `<station>.<metric>` with
+# its two tags. Series InfluxDB holds that this platform did not write have no device.
+SeriesId = tuple[str | None, str | None, str]
+
+
+class SeriesBudget:
+    """Which series exist, and whether a point may create a new one.
+
+    A device (location, station) may have at most `per_device` series and the database at
+    most `total`; a point of a known series is always admitted, so a device past its budget
+    keeps its known series flowing and only its new metrics are refused. Thread-safe: the
+    message path admits while `reload` (fed from InfluxDB) replaces what is known.
+    """
+
+    def __init__(self, per_device: int, total: int) -> None:
+        self.per_device = per_device
+        self.total = total
+        self._devices: dict[tuple[str, str], set[str]] = {}
+        self._count = 0
+        self._lock = threading.Lock()
+        # Series admitted while a reload reads InfluxDB: they may not be in what it reads.
+        self._admitted_meanwhile: list[tuple[tuple[str, str], str]] | None = None
+
+    @property
+    def count(self) -> int:
+        """Series known (stored, or admitted and about to be)."""
+        return self._count
+
+    def admit(self, parsed: ParsedMessage, all_or_nothing: bool = False) -> list[tuple[str, Drop]]:
+        """Admit `parsed`'s points; those that would create a series past a budget are removed
+        from it and returned with the budget that refused them (usually none).
+
+        With `all_or_nothing` (the HTTP API's rule), a message with any refused point is
+        left as it is and admits no new series.
+        """
+        device = (parsed.location, parsed.station)
+        with self._lock:
+            known = self._devices.get(device, ())
+            new: set[str] = set()
+            refused: list[tuple[str, Drop]] = []
+            for record in parsed.records:
+                # The usual case, a device sending the metrics it always sends: one set
+                # lookup per point and nothing else.
+                if all(p.metric in known for p in record.points):
+                    continue
+                for point in record.points:
+                    metric = point.metric
+                    if metric in known or metric in new:
+                        continue
+                    if len(known) + len(new) >= self.per_device:
+                        refused.append((metric, Drop.DEVICE_SERIES_BUDGET))
+                    elif self._count + len(new) >= self.total:
+                        refused.append((metric, Drop.SERIES_BUDGET))
+                    else:
+                        new.add(metric)
+            if refused and all_or_nothing:
+                return refused
+            if refused:
+                for record in parsed.records:
+                    record.points = [p for p in record.points if p.metric in known or p.metric in new]
+            if new:
+                self._devices.setdefault(device, set()).update(new)
+                self._count += len(new)
+                if self._admitted_meanwhile is not None:
+                    self._admitted_meanwhile.extend((device, metric) for metric in new)
+        return refused
+
+    def knows(self, location: str, station: str, metric: str) -> bool:
+        with self._lock:
+            return metric in self._devices.get((location, station), ())
+
+    def reload(self, series: Iterable[SeriesId]) -> None:
+        """Replace what is known with `series` (what InfluxDB holds), keeping every series
+        admitted while they were being read. An error from `series` leaves everything as it was."""
+        with self._lock:
+            self._admitted_meanwhile = []
+        devices: dict[tuple[str, str], set[str]] = {}
+        foreign = 0
+        try:
+            for location, station, metric in series:
+                if location is None or station is None:
+                    foreign += 1
+                else:
+                    devices.setdefault((location, station), set()).add(metric)
+        except BaseException:
+            with self._lock:
+                self._admitted_meanwhile = None
+            raise
+        with self._lock:
+            for device, metric in self._admitted_meanwhile or ():
+                devices.setdefault(device, set()).add(metric)
+            self._admitted_meanwhile = None
+            self._devices = devices
+            self._count = foreign + sum(len(metrics) for metrics in devices.values())
+
+
+def series_of(measurement: str, tags: dict[str, str]) -> SeriesId:
+    """An InfluxDB series (measurement, tags) → the device and metric it stores."""
+    location, station = tags.get("location"), tags.get("station")
+    if location is None or station is None or not measurement.startswith(f"{station}."):
+        return None, None, measurement
+    return location, station, measurement[len(station) + 1 :]
 
 
 # --- InfluxDB line protocol -------------------------------------------------------------

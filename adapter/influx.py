@@ -1,22 +1,47 @@
-"""InfluxDB 1.x access: database creation and line-protocol batch writes.
+"""InfluxDB 1.x access: database creation, line-protocol batch writes, the series it holds.
 
 Used by the adapter and by the auth server's HTTP data API (one write path for both).
 
 Errors are sorted into the two kinds the adapter treats differently: transient ones
-(retry, keep messages unacked) and permanent ones (drop the bad points, count, go on).
+(retry, keep messages unacked) and permanent ones (count the refused points, go on).
+InfluxDB's refusals are read from its answer, whose texts were checked against a real
+influxd (1.6 and the 1.8 source): see `refusals`.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import re
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import requests
 from influxdb import InfluxDBClient
 from influxdb.exceptions import InfluxDBClientError, InfluxDBServerError
 
-_DROPPED_RE = re.compile(rb"dropped=(\d+)")
+from adapter.contract import Drop, SeriesBudget, SeriesId, series_of
+
+log = logging.getLogger(__name__)
+
+# "partial write: <reason> dropped=<n>" — InfluxDB appends the count last, so a name inside
+# the reason cannot fake it.
+_DROPPED_RE = re.compile(r" dropped=(\d+)$")
+_PARSE_FAILURE = "unable to parse '"
+_PARTIAL = "partial write: "
+# The first reason InfluxDB names for the points it refused (it names only the first).
+_REASONS = (
+    ("field type conflict", Drop.TYPE_CONFLICT),
+    ("max-values-per-tag limit exceeded", Drop.MAX_VALUES_PER_TAG),
+    ("max-series-per-database limit exceeded", Drop.MAX_SERIES_PER_DATABASE),
+    (_PARSE_FAILURE, Drop.UNPARSABLE),
+)
+# 4xx answers that say nothing about the data: a wrong or missing InfluxDB login (401, 403)
+# or a proxy's "try later" (408, 429). Dropping the points would throw away every reading
+# until someone fixes the deployment; retrying keeps them in the broker instead.
+_RETRIED_4XX = frozenset({401, 403, 408, 429})
 
 
 class TransientWriteError(Exception):
@@ -29,11 +54,60 @@ class DatabaseMissingError(TransientWriteError):
 
 @dataclass(frozen=True, slots=True)
 class WriteResult:
-    """What InfluxDB did with one batch. `dropped` points were refused for good (HTTP 400)."""
+    """What InfluxDB did with one write: `refused` lines, by reason, were refused for good.
+
+    `too_large` (HTTP 413) means nothing was written: the body is over InfluxDB's
+    max-body-size, and smaller writes may succeed.
+    """
 
     written: int
-    dropped: int = 0
+    refused: tuple[tuple[Drop, int], ...] = ()
     error: str = ""
+    too_large: bool = False
+
+    @property
+    def refused_count(self) -> int:
+        return sum(n for _, n in self.refused)
+
+
+def refusals(error: str, lines: int) -> tuple[tuple[Drop, int], ...]:
+    """InfluxDB's HTTP 400 `error` text for a write of `lines` lines → the lines it refused.
+
+    - `partial write: <reason> dropped=N`: N points refused (type conflict, a max-values-per-tag
+      or max-series-per-database limit); the rest is stored;
+    - `partial write: unable to parse '<line>': ...` (one such part per line, separated by
+      newlines) `dropped=0`: those lines are refused, the others stored;
+    - `unable to parse ...` alone: no line could be parsed, nothing was stored.
+    When a write has both, InfluxDB reports only the refused points; bisecting the write (the
+    adapter does) separates the two.
+    """
+    partial = error.startswith(_PARTIAL)
+    text = error[len(_PARTIAL) :] if partial else error
+    dropped = 0
+    match = _DROPPED_RE.search(text)
+    if partial and match:
+        dropped = int(match.group(1))
+        text = text[: match.start()]
+    # Lines never contain a newline (the contract refuses control characters in names), so
+    # each parse failure starts a line of the answer.
+    unparsable = sum(1 for part in text.split("\n") if part.startswith(_PARSE_FAILURE))
+    if not partial:
+        # Nothing was written: every line is refused, for the reason given.
+        return ((_reason(text), lines),)
+    # InfluxDB reports either the lines it could not parse (with dropped=0) or the points it
+    # refused, never both.
+    if unparsable:
+        return ((Drop.UNPARSABLE, min(unparsable, lines)),)
+    if dropped:
+        return ((_reason(text), min(dropped, lines)),)
+    return ()
+
+
+def _reason(text: str) -> Drop:
+    for marker, reason in _REASONS:
+        if marker in text:
+            return reason
+    return Drop.REFUSED
 
 
 def quote_identifier(name: str) -> str:
@@ -41,13 +115,49 @@ def quote_identifier(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+_KEY_SPLIT = re.compile(r"(?<!\\),")
+_TAG_SPLIT = re.compile(r"(?<!\\)=")
+_UNESCAPE = re.compile(r"\\([,= ])")
+
+
+def parse_series_key(key: str) -> tuple[str, dict[str, str]]:
+    """A series key as SHOW SERIES prints it (`RPi_1.BAT,location=UPB,station=RPi_1`) →
+    (measurement, tags). The contract never lets a name hold the backslash sequences that
+    would make this ambiguous."""
+    measurement, *pairs = _KEY_SPLIT.split(key)
+    tags = {}
+    for pair in pairs:
+        name, *value = _TAG_SPLIT.split(pair, maxsplit=1)
+        tags[_UNESCAPE.sub(r"\1", name)] = _UNESCAPE.sub(r"\1", value[0] if value else "")
+    return _UNESCAPE.sub(r"\1", measurement), tags
+
+
 class InfluxWriter:
     """Writes batches of line-protocol lines to one InfluxDB 1.x database."""
 
-    def __init__(self, host: str, port: int, database: str, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        database: str,
+        timeout_s: float = 10.0,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.database = database
         # retries=1: one attempt per call; the caller owns the retry policy (backoff, metrics).
-        self._client = InfluxDBClient(host=host, port=port, database=database, timeout=timeout_s, retries=1)
+        # Credentials go as HTTP basic auth; None sends none (the client's own default would
+        # send root/root).
+        self._client = InfluxDBClient(
+            host=host,
+            port=port,
+            username=username,
+            password=password,
+            database=database,
+            timeout=timeout_s,
+            retries=1,
+        )
 
     def close(self) -> None:
         self._client.close()
@@ -63,13 +173,20 @@ class InfluxWriter:
             )
         except (requests.RequestException, InfluxDBServerError) as exc:
             raise TransientWriteError(f"cannot reach InfluxDB to create the database: {exc}") from exc
+        except InfluxDBClientError as exc:
+            # 401/403: wrong credentials, or a user that may not create databases. A deployment
+            # problem an operator can fix while we wait, as for writes (see write_lines).
+            raise TransientWriteError(
+                f"InfluxDB refused to list or create databases (HTTP {exc.code}): {_text(exc.content)}"
+            ) from exc
         return True
 
     def write_lines(self, lines: Sequence[str]) -> WriteResult:
-        """Write one batch. Raises TransientWriteError; returns the 400 outcome as a result.
+        """Write one batch in one request. Raises TransientWriteError; returns InfluxDB's
+        permanent refusals (400, 413, other 4xx) as a result.
 
-        On HTTP 400 InfluxDB 1.x has already stored every point of the batch it could
-        ("partial write ... dropped=N"), so nothing is resent.
+        On HTTP 400 InfluxDB 1.x has already stored every point of the batch it could, so
+        writing the same lines again only rewrites the same points (same series and time).
         """
         if not lines:
             return WriteResult(0)
@@ -86,20 +203,112 @@ class InfluxWriter:
         except requests.RequestException as exc:
             raise TransientWriteError(f"InfluxDB unreachable: {exc.__class__.__name__}") from exc
         except InfluxDBServerError as exc:
-            raise TransientWriteError(f"InfluxDB server error: {_text(exc.content)}") from exc
+            # Unlike InfluxDBClientError, it carries the response body only as its argument.
+            body = exc.args[0] if exc.args else b""
+            raise TransientWriteError(f"InfluxDB server error: {_text(body)}") from exc
         except InfluxDBClientError as exc:
-            content = exc.content if isinstance(exc.content, bytes) else str(exc.content).encode()
-            if exc.code == 404 and b"database not found" in content:
+            error = _error_text(exc.content)
+            if exc.code == 404 and error.startswith("database not found"):
                 raise DatabaseMissingError(f"database {self.database!r} not found") from exc
-            if exc.code == 400:
-                match = _DROPPED_RE.search(content)
-                dropped = int(match.group(1)) if match else len(lines)
-                dropped = min(dropped, len(lines))
-                return WriteResult(len(lines) - dropped, dropped, _text(content))
-            # Anything else (401 from an auth proxy, 413, 5xx-like 4xx) is a deployment
-            # problem that may be fixed without restarting us: keep the data and retry.
-            raise TransientWriteError(f"HTTP {exc.code}: {_text(content)}") from exc
+            if exc.code in _RETRIED_4XX:
+                raise TransientWriteError(f"HTTP {exc.code} (check InfluxDB's login): {error[:300]}") from exc
+            if exc.code == 413:
+                return WriteResult(0, ((Drop.BODY_TOO_LARGE, len(lines)),), error[:300], too_large=True)
+            found = refusals(error, len(lines)) if exc.code == 400 else ((Drop.REFUSED, len(lines)),)
+            refused = sum(n for _, n in found)
+            return WriteResult(len(lines) - refused, found, f"HTTP {exc.code}: {error[:300]}")
         return WriteResult(len(lines))
+
+    def series(self, limit: int) -> Iterator[SeriesId]:
+        """The series the database holds, at most `limit` of them, read in chunks (bounded
+        memory). A missing database holds none. Raises TransientWriteError."""
+        try:
+            response = self._client.request(
+                "query",
+                method="POST",
+                params={"db": self.database, "q": f"SHOW SERIES LIMIT {int(limit)}", "chunked": "true"},
+                stream=True,
+                expected_response_code=200,
+                # JSON lines, one per chunk (the client library would ask for MessagePack).
+                headers={"Accept": "application/json"},
+            )
+        except (requests.RequestException, InfluxDBServerError, InfluxDBClientError) as exc:
+            raise TransientWriteError(f"cannot read InfluxDB's series: {exc}") from exc
+        try:
+            for chunk in response.iter_lines():
+                if not chunk:
+                    continue
+                for result in json.loads(chunk).get("results", []):
+                    if "error" in result:
+                        if str(result["error"]).startswith("database not found"):
+                            return
+                        raise TransientWriteError(f"SHOW SERIES failed: {result['error']}")
+                    for block in result.get("series", []):
+                        for (key,) in block.get("values", []):
+                            yield series_of(*parse_series_key(key))
+        except (requests.RequestException, ValueError) as exc:
+            raise TransientWriteError(f"cannot read InfluxDB's series: {exc}") from exc
+        finally:
+            response.close()
+
+
+class SeriesBudgetKeeper:
+    """Keeps a SeriesBudget in step with the series InfluxDB holds (read at most every
+    `refresh_s` seconds; 0: once). Reading costs about one second per 100,000 series, and
+    at most MAX_SERIES are read."""
+
+    def __init__(self, budget: SeriesBudget, reader: InfluxWriter, refresh_s: float) -> None:
+        self.budget = budget
+        self._reader = reader
+        self._refresh_s = refresh_s
+        self._loaded_at: float | None = None
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        """Read InfluxDB's series now. Raises TransientWriteError."""
+        with self._lock:
+            self._load()
+
+    def ensure_fresh(self) -> None:
+        """Read the series unless they were read recently: the first time every caller waits
+        for it (raises TransientWriteError); later one caller refreshes, the others go on."""
+        loaded_at = self._loaded_at
+        if loaded_at is None:
+            with self._lock:
+                if self._loaded_at is None:
+                    self._load()
+            return
+        if not self._refresh_s or time.monotonic() - loaded_at < self._refresh_s:
+            return
+        if self._lock.acquire(blocking=False):
+            try:
+                self._load()
+            except TransientWriteError as exc:
+                log.warning("cannot refresh the series budget from InfluxDB: %s", exc)
+            finally:
+                self._lock.release()
+
+    def _load(self) -> None:
+        started = time.monotonic()
+        self.budget.reload(self._reader.series(self.budget.total))
+        self._loaded_at = time.monotonic()
+        log.info(
+            "Series budget: %d of %d series in use (read from InfluxDB in %.1fs)",
+            self.budget.count,
+            self.budget.total,
+            self._loaded_at - started,
+        )
+
+
+def _error_text(content: object) -> str:
+    """The `error` of InfluxDB's JSON answer, or the raw text."""
+    raw = content if isinstance(content, bytes) else str(content).encode()
+    text = raw.decode("utf-8", "replace")
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text.strip()
+    return str(body.get("error", text)) if isinstance(body, dict) else text.strip()
 
 
 def _text(content: object) -> str:

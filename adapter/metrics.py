@@ -2,13 +2,68 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+LAST_SEEN = "adapter_device_last_seen_timestamp_seconds"
+
+
+class DeviceLastSeen:
+    """The last-seen gauge per device, with a bounded label set.
+
+    A device is forgotten once it has been silent for `ttl_s`, and beyond `cap` devices the
+    one silent longest goes first, so a stranger inventing stations cannot grow the scrape
+    without end. Each device costs one line of about 100 bytes per scrape.
+    """
+
+    def __init__(self, ttl_s: float, cap: int) -> None:
+        self._ttl_s = ttl_s
+        self._cap = cap
+        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def update(self, seen: Mapping[tuple[str, str], float]) -> None:
+        with self._lock:
+            for device, at in seen.items():
+                self._seen[device] = at
+                self._seen.move_to_end(device)
+            while len(self._seen) > self._cap:
+                self._seen.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(LAST_SEEN, "", labels=["location", "station"])
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            LAST_SEEN, "Unix time of the last stored message per device", labels=["location", "station"]
+        )
+        oldest = time.time() - self._ttl_s
+        with self._lock:
+            # Oldest update first: stop at the first device seen recently enough.
+            while self._seen and next(iter(self._seen.values())) < oldest:
+                self._seen.popitem(last=False)
+            for (location, station), at in self._seen.items():
+                family.add_metric([location, station], at)
+        yield family
 
 
 class AdapterMetrics:
     """All of the adapter's metrics, on a registry of their own (tests run several adapters)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        device_ttl_s: float = 86400,
+        max_devices: int = 10_000,
+    ) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.messages_received = Counter("adapter_messages_received", "MQTT messages received", registry=r)
@@ -26,7 +81,10 @@ class AdapterMetrics:
         )
         self.points_written = Counter("adapter_points_written", "Points accepted by InfluxDB", registry=r)
         self.points_dropped = Counter(
-            "adapter_points_dropped", "Points InfluxDB refused for good (HTTP 400)", registry=r
+            "adapter_points_dropped",
+            "Valid points not stored, by reason: a series budget, or InfluxDB refused them for good",
+            ["reason"],
+            registry=r,
         )
         self.write_errors = Counter(
             "adapter_write_errors",
@@ -65,9 +123,17 @@ class AdapterMetrics:
         self.influxdb_up = Gauge(
             "adapter_influxdb_up", "1 while the last InfluxDB write succeeded", registry=r
         )
-        self.device_last_seen = Gauge(
-            "adapter_device_last_seen_timestamp_seconds",
-            "Unix time of the last stored message per device",
-            ["location", "station"],
+        self.series = Gauge("adapter_series", "Series known to exist (stored or being stored)", registry=r)
+        self.series_limit = Gauge("adapter_series_limit", "Series budget (MAX_SERIES)", registry=r)
+        self.retained_cleared = Counter(
+            "adapter_retained_cleared",
+            "Retained messages the adapter cleared from the broker (once handled, or by a sweep)",
             registry=r,
         )
+        self.retained_sweeps = Counter(
+            "adapter_retained_sweeps",
+            "Sweeps for retained messages the adapter did not see arrive",
+            registry=r,
+        )
+        self.device_last_seen = DeviceLastSeen(device_ttl_s, max_devices)
+        r.register(self.device_last_seen)

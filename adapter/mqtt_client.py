@@ -29,8 +29,8 @@ PUBACK = 0x40
 _READ_CHUNK = 256 * 1024
 _PUBACK_STRUCT = struct.Struct("!BBH")
 
-# (topic, packet id, payload) of one QoS 1 PUBLISH.
-PublishHandler = Callable[[str, int, bytes], None]
+# (topic, packet id, payload, retain flag) of one QoS 1 PUBLISH.
+PublishHandler = Callable[[str, int, bytes, bool], None]
 
 
 def _varint(buf: bytearray | memoryview, pos: int, end: int) -> tuple[int, int] | None:
@@ -88,7 +88,7 @@ class BufferedMqttClient(mqtt.Client):
                     break
                 command = buf[pos]
                 if command & 0xF6 == PUBLISH | 0x02 and self._protocol == mqtt.MQTTv5:
-                    self._publish_qos1(buf, body, stop)
+                    self._publish_qos1(buf, body, stop, bool(command & 0x01))
                 else:
                     rc = self._handle_other(command, length, bytes(buf[body:stop]))
                 pos = stop
@@ -99,7 +99,7 @@ class BufferedMqttClient(mqtt.Client):
         del buf[:pos]
         return rc
 
-    def _publish_qos1(self, buf: bytearray, pos: int, stop: int) -> None:
+    def _publish_qos1(self, buf: bytearray, pos: int, stop: int, retain: bool) -> None:
         # Variable header: topic (2-byte length + UTF-8), packet id, properties; then payload.
         topic_len = (buf[pos] << 8) | buf[pos + 1]
         topic = buf[pos + 2 : pos + 2 + topic_len].decode("utf-8")
@@ -110,7 +110,7 @@ class BufferedMqttClient(mqtt.Client):
             raise ValueError("truncated PUBLISH properties")
         props_len, pos = props
         # Properties (content type, user properties...) carry nothing the contract uses.
-        self._on_qos1_publish(topic, mid, bytes(buf[pos + props_len : stop]))
+        self._on_qos1_publish(topic, mid, bytes(buf[pos + props_len : stop]), retain)
 
     def _handle_other(self, command: int, length: int, packet: bytes) -> MQTTErrorCode:
         """Any other packet: hand it to paho exactly as its own reader would."""

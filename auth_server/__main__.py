@@ -1,24 +1,49 @@
 """`python -m auth_server`: the auth server under gunicorn, configured from the environment.
 
-One worker process with AUTH_THREADS threads: the Prometheus counters live in that process, so
-every scrape sees all of them (scale out with more replicas, each scraped on its own). The app is
-built before the worker starts, so a bad setting or an unreachable MySQL stops the server with
-one clear message instead of a crash loop of workers.
+gunicorn's gevent worker: every connection is a greenlet, so a slow or stalled client holds a
+few kilobytes instead of a thread, and many of them cannot stop the rest (a thread pool of N
+is exhausted by N half-sent requests). Bounds: AUTH_MAX_CONNECTIONS open connections, and
+AUTH_CLIENT_TIMEOUT for a request's head to arrive and for any pause while its body arrives.
+Password hashing runs in real threads (passwords.py), so it does not stall the event loop.
+
+One worker process: the Prometheus counters live in it, so every scrape sees all of them
+(scale out with more replicas, each scraped on its own). The app is built before the worker
+starts, so a bad setting or an unreachable MySQL stops the server with one clear message
+instead of a crash loop of workers.
 """
 
-from __future__ import annotations
+# gevent must patch the standard library before anything else is imported: the app is built
+# in this process and inherited by the worker, so its sockets and locks must be gevent's.
+from gevent import monkey
 
-import logging
-import sys
-from typing import Any
+monkey.patch_all()
 
-from flask import Flask
-from gunicorn.app.base import BaseApplication
+import logging  # noqa: E402
+import sys  # noqa: E402
+from typing import Any  # noqa: E402
 
-from auth_server import ConfigError, create_app
-from auth_server.config import AuthConfig
+from flask import Flask  # noqa: E402
+from gunicorn.app.base import BaseApplication  # noqa: E402
+from gunicorn.workers.base_async import AsyncWorker  # noqa: E402
+from gunicorn.workers.ggevent import GeventWorker  # noqa: E402
+
+from auth_server import ConfigError, create_app  # noqa: E402
+from auth_server.config import AuthConfig  # noqa: E402
 
 log = logging.getLogger("auth_server")
+
+
+class BoundedGeventWorker(GeventWorker):
+    """gunicorn's gevent worker with a read timeout on every client socket. gunicorn bounds the
+    time to read a request's head (its keepalive setting), but not a body sent slowly: the
+    view reads that from the socket, and would wait forever for a client that stopped."""
+
+    def handle(self, listener: Any, client: Any, addr: Any) -> None:
+        # In place of GeventWorker.handle, which only makes the socket blocking (no timeout).
+        # A second more than the head's deadline, so a slow head meets that one first (it
+        # closes the connection quietly; a socket timeout there would log a traceback).
+        client.settimeout(self.cfg.keepalive + 1)
+        AsyncWorker.handle(self, listener, client, addr)
 
 
 class GunicornServer(BaseApplication):
@@ -40,8 +65,10 @@ def gunicorn_options(config: AuthConfig) -> dict[str, Any]:
     return {
         "bind": f"{host}:{config.auth_port}",
         "workers": 1,
-        "worker_class": "gthread",
-        "threads": config.auth_threads,
+        "worker_class": BoundedGeventWorker,
+        "worker_connections": config.max_connections,
+        # Under gevent this bounds the wait for a request's head, first request included.
+        "keepalive": config.client_timeout_s,
         # Password hashing and MQTT updates take a while; a stuck request still ends.
         "timeout": 60,
         "graceful_timeout": 20,

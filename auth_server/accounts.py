@@ -1,5 +1,9 @@
 """Account administration (admins only): create, list, read, change, delete.
 
+Passwords can be generated here (long and random, returned once in the response and never
+again): the default when an account is created without one, and the recommended choice for
+devices, whose passwords also open the MQTT broker in secure mode, which has no lockout.
+
 Each change is one MySQL transaction; in secure MQTT mode the broker is updated inside it, and
 the transaction is rolled back when the broker cannot be updated, so MySQL and the broker never
 disagree about who may connect.
@@ -17,11 +21,12 @@ from auth_server.config import AuthConfig
 from auth_server.db import Connection, get_db
 from auth_server.errors import ApiError
 from auth_server.mqtt_sync import DeviceState, MqttAccountSync, MqttSyncError
-from auth_server.passwords import hash_password
+from auth_server.passwords import generate_password, hash_password
 from auth_server.policy import (
     Account,
     Role,
     ValidationError,
+    is_username,
     parse_permissions,
     validate_password,
     validate_role,
@@ -32,8 +37,8 @@ from auth_server.store import AccountExistsError, AccountStore
 log = logging.getLogger(__name__)
 bp = Blueprint("accounts", __name__, url_prefix="/api/accounts")
 
-CREATE_FIELDS = frozenset({"username", "password", "role", "enabled", "permissions"})
-PATCH_FIELDS = frozenset({"password", "role", "enabled", "permissions"})
+CREATE_FIELDS = frozenset({"username", "password", "generate_password", "role", "enabled", "permissions"})
+PATCH_FIELDS = frozenset({"password", "generate_password", "role", "enabled", "permissions"})
 
 
 def device_state(account: Account) -> DeviceState:
@@ -53,6 +58,25 @@ def _check_fields(body: dict[str, Any], allowed: frozenset[str]) -> None:
     unknown = set(body) - allowed
     if unknown:
         raise ValidationError(f"unknown fields: {', '.join(sorted(map(str, unknown)))}")
+
+
+def _new_password(body: dict[str, Any], by_default: bool) -> tuple[str | None, bool]:
+    """The password a request sets (None: unchanged), and whether it was generated here."""
+    generate = body.get("generate_password", False)
+    if not isinstance(generate, bool):
+        raise ValidationError("generate_password must be true or false")
+    if "password" in body:
+        if generate:
+            raise ValidationError("give either password or generate_password, not both")
+        return validate_password(body["password"]), False
+    if generate or by_default:
+        return generate_password(), True
+    return None, False
+
+
+def _with_password(account: Account, password: str | None, generated: bool) -> dict[str, Any]:
+    # A generated password is shown once, in the answer to the request that made it.
+    return {**account.to_json(), "password": password} if generated else account.to_json()
 
 
 def _enabled(body: dict[str, Any]) -> bool | None:
@@ -80,7 +104,8 @@ def _sync_broker(conn: Connection, action: str, change: Any) -> None:
 
 
 def _find(store: AccountStore, username: str, for_update: bool = False) -> Account:
-    account = store.get(username, for_update=for_update)
+    # `admin%20` must not find `admin` (MySQL compares with trailing spaces ignored).
+    account = store.get(username, for_update=for_update) if is_username(username) else None
     if account is None:
         raise ApiError(404, "no such account")
     return account
@@ -97,7 +122,8 @@ def create_account() -> tuple[Response, int, dict[str, str]]:
     body = json_body()
     _check_fields(body, CREATE_FIELDS)
     username = validate_username(body.get("username"))
-    password = validate_password(body.get("password"))
+    password, generated = _new_password(body, by_default=True)
+    assert password is not None  # by_default
     role = validate_role(body.get("role", "device"))
     permissions = parse_permissions(body.get("permissions", []))
     enabled = _enabled(body)
@@ -120,7 +146,7 @@ def create_account() -> tuple[Response, int, dict[str, str]]:
         raise
     log.info("account %s (%s) created by %s", username, role, current_account().username)
     location = url_for("accounts.get_account", username=username)
-    return jsonify(account.to_json()), 201, {"Location": location}
+    return jsonify(_with_password(account, password, generated)), 201, {"Location": location}
 
 
 def _best_effort_remove(sync: MqttAccountSync, username: str) -> None:
@@ -150,7 +176,7 @@ def update_account(username: str) -> Response:
     _check_fields(body, PATCH_FIELDS)
     if not body:
         raise ValidationError(f"nothing to change; give any of: {', '.join(sorted(PATCH_FIELDS))}")
-    password = validate_password(body["password"]) if "password" in body else None
+    password, generated = _new_password(body, by_default=False)
     role = validate_role(body["role"]) if "role" in body else None
     enabled = _enabled(body)
     permissions = parse_permissions(body["permissions"]) if "permissions" in body else None
@@ -178,7 +204,7 @@ def update_account(username: str) -> Response:
     conn.commit()
     changed = sorted(body)
     log.info("account %s changed by %s: %s", username, current_account().username, ", ".join(changed))
-    return jsonify(updated.to_json())
+    return jsonify(_with_password(updated, password, generated))
 
 
 @bp.delete("/<username>")

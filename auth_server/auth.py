@@ -10,12 +10,14 @@ from typing import Any, TypeVar, cast
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from auth_server.config import AuthConfig
-from auth_server.db import get_db
+from auth_server.db import close_db, get_db
 from auth_server.errors import ApiError, unauthorized
+from auth_server.gateway import client_address
 from auth_server.metrics import AuthMetrics
 from auth_server.passwords import verify_password
-from auth_server.policy import Account
+from auth_server.policy import Account, is_username
 from auth_server.store import AccountStore
+from auth_server.throttle import LoginThrottle
 from auth_server.tokens import TokenError, issue_token, verify_token
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,12 @@ BAD_CREDENTIALS = "invalid username or password"
 
 def json_body() -> dict[str, Any]:
     """The request's JSON object, or a 400 saying what was expected."""
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError as exc:
+        # json gives up on deep nesting (about a thousand levels) with RecursionError, not
+        # a ValueError, so `silent` does not cover it. No body of ours nests beyond three.
+        raise ApiError(400, "the request body is nested too deeply") from exc
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object (Content-Type: application/json)")
     return body
@@ -51,8 +58,11 @@ def _authenticate() -> Account:
         raise unauthorized("invalid or expired token") from exc
     # The account is read on every request, so deletion, disabling and rights changes apply
     # at once rather than when the token expires.
-    account = AccountStore(get_db()).get(claims.username)
-    if account is None or not account.enabled or account.token_version != claims.token_version:
+    account = AccountStore(get_db()).get_by_id(claims.account_id)
+    # The view reads the body next, as slowly as the client sends it: it must not hold a MySQL
+    # connection meanwhile (a data write needs none again; other views get a new one).
+    close_db()
+    if account is None or not account.enabled or not claims.matches(account):
         raise unauthorized("invalid or expired token")
     return account
 
@@ -85,9 +95,16 @@ def login() -> Response:
         raise ApiError(400, "username and password must be strings")
     config: AuthConfig = current_app.config["AUTH"]
     metrics: AuthMetrics = current_app.extensions["auth_metrics"]
-    credentials = AccountStore(get_db()).credentials(username)
+    throttle: LoginThrottle = current_app.extensions["login_throttle"]
+    conn = get_db()
+    # Raises LoginThrottledError (429) while earlier failures block this attempt.
+    attempt = throttle.admit(conn, username, client_address())
+    store = AccountStore(conn)
+    # A name no account can have is not looked up (MySQL would find `admin` for `admin `).
+    credentials = store.credentials(username) if is_username(username) else None
     password_ok = verify_password(credentials.password_hash if credentials else None, password)
     if credentials is None or not password_ok or not credentials.account.enabled:
+        throttle.failed(attempt)
         metrics.logins.labels(result="failure").inc()
         if credentials is None:
             # Unknown names are not logged: people type their password into the username field.
@@ -95,9 +112,12 @@ def login() -> Response:
         else:
             log.info("login refused for %s", credentials.account.username)
         raise unauthorized(BAD_CREDENTIALS)
+    throttle.succeeded(conn, attempt)
+    account = store.give_token_key(credentials.account)
+    conn.commit()
     metrics.logins.labels(result="success").inc()
-    log.info("login: %s", credentials.account.username)
-    token = issue_token(credentials.account, config.jwt_secret, config.jwt_expires_s)
+    log.info("login: %s", account.username)
+    token = issue_token(account, config.jwt_secret, config.jwt_expires_s)
     return jsonify(access_token=token, token_type="Bearer", expires_in=config.jwt_expires_s)
 
 

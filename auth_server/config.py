@@ -6,7 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from adapter.config import ConfigError, env_int, read_secret
+from adapter.config import ConfigError, credentials, env_int, limits_from_env, read_secret
+from adapter.contract import DEFAULT_LIMITS, Limits
 
 # HS256 signs with HMAC-SHA256: a key shorter than the hash output weakens it (RFC 7518 3.2).
 MIN_JWT_SECRET_BYTES = 32
@@ -21,6 +22,43 @@ def _bool(env: Mapping[str, str], name: str) -> bool:
 
 
 @dataclass(frozen=True)
+class LoginLimits:
+    """How failed logins slow down later attempts (auth_server/throttle.py). Beyond its free
+    failures, each further failure doubles the wait before the next attempt (1 s, 2 s, 4 s ...)
+    up to `max_delay_s`."""
+
+    # LOGIN_FREE_FAILURES: one username from one client address.
+    free_failures: int = 5
+    # LOGIN_ADDRESS_FREE_FAILURES: any usernames from one address (one client trying many names).
+    address_free_failures: int = 20
+    # LOGIN_USERNAME_FREE_FAILURES: one username from addresses it has not logged in from
+    # (many clients trying one name).
+    username_free_failures: int = 20
+    max_delay_s: int = 900
+    # Failures older than this (counted from the latest one) are forgotten.
+    memory_s: int = 3600
+    # A username that logged in from an address within this many days is judged there by its
+    # own failures only: nobody else's can lock it out.
+    known_client_days: int = 30
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> LoginLimits:
+        d = cls()
+        return cls(
+            free_failures=env_int(env, "LOGIN_FREE_FAILURES", d.free_failures, 1, 1000),
+            address_free_failures=env_int(
+                env, "LOGIN_ADDRESS_FREE_FAILURES", d.address_free_failures, 1, 100_000
+            ),
+            username_free_failures=env_int(
+                env, "LOGIN_USERNAME_FREE_FAILURES", d.username_free_failures, 1, 100_000
+            ),
+            max_delay_s=env_int(env, "LOGIN_MAX_DELAY_SECONDS", d.max_delay_s, 1, 7 * 24 * 3600),
+            memory_s=env_int(env, "LOGIN_FAILURE_MEMORY_SECONDS", d.memory_s, 60, 30 * 24 * 3600),
+            known_client_days=env_int(env, "LOGIN_KNOWN_CLIENT_DAYS", d.known_client_days, 0, 3650),
+        )
+
+
+@dataclass(frozen=True)
 class AuthConfig:
     """Every setting of the auth server. Secrets are kept out of repr() so they never reach a log."""
 
@@ -29,6 +67,8 @@ class AuthConfig:
     mysql_user: str = "auth_server"
     mysql_password: str = field(default="", repr=False)
     mysql_database: str = "iot_accounts"
+    # MySQL connections one server process opens at most (requests beyond wait for one).
+    mysql_max_connections: int = 20
     jwt_secret: str = field(default="", repr=False)
     jwt_expires_s: int = 900
     admin_username: str | None = None
@@ -36,11 +76,24 @@ class AuthConfig:
     influxdb_host: str = "localhost"
     influxdb_port: int = 8086
     influxdb_database: str = "IoT_Devices"
+    # Needed when InfluxDB requires authentication (`./run.sh --secure`), ignored otherwise.
+    influxdb_username: str | None = None
+    influxdb_password: str | None = field(default=None, repr=False)
     auth_host: str = "0.0.0.0"
     auth_port: int = 5000
-    auth_threads: int = 8
-    # Same default as the adapter's MAX_MESSAGE_BYTES: one payload limit for MQTT and HTTP.
-    max_message_bytes: int = 256 * 1024
+    # Proxies in front whose X-Forwarded-For entry names the client (Kong: 1). 0: the TCP peer is
+    # the client; anyone could write the header, so it is not read.
+    trusted_proxy_hops: int = 0
+    # A client must send a request's head within this, and never pause longer while sending
+    # its body; idle kept-alive connections are closed after it too.
+    client_timeout_s: int = 10
+    # Open client connections the server holds at once; more wait in the listen backlog.
+    max_connections: int = 1000
+    login: LoginLimits = field(default_factory=LoginLimits)
+    # The adapter's message and series limits (MAX_*), read the same way: one set of
+    # limits for MQTT and HTTP.
+    limits: Limits = DEFAULT_LIMITS
+    series_refresh_s: int = 300
     startup_timeout_s: int = 120
     mqtt_secure: bool = False
     mqtt_host: str = "localhost"
@@ -52,6 +105,10 @@ class AuthConfig:
     # Optional: the broker metrics exporter's account (reads $SYS/# and nothing else).
     broker_exporter_mqtt_username: str | None = None
     broker_exporter_mqtt_password: str | None = field(default=None, repr=False)
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.limits.max_message_bytes
 
     @property
     def reserved_usernames(self) -> frozenset[str]:
@@ -72,16 +129,15 @@ class AuthConfig:
             raise ConfigError("JWT_SECRET or JWT_SECRET_FILE is required (e.g. `openssl rand -hex 32`)")
         if len(jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
             raise ConfigError(f"JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes long")
-        admin_username = env.get("ADMIN_USERNAME") or None
-        admin_password = read_secret(env, "ADMIN_PASSWORD")
-        if (admin_username is None) != (admin_password is None):
-            raise ConfigError("ADMIN_USERNAME and ADMIN_PASSWORD (or ADMIN_PASSWORD_FILE) go together")
+        admin_username, admin_password = credentials(env, "ADMIN_USERNAME", "ADMIN_PASSWORD")
+        influxdb_username, influxdb_password = credentials(env, "INFLUXDB_USERNAME", "INFLUXDB_PASSWORD")
         config = cls(
             mysql_host=env.get("MYSQL_HOST") or d.mysql_host,
             mysql_port=env_int(env, "MYSQL_PORT", d.mysql_port, 1, 65535),
             mysql_user=env.get("MYSQL_USER") or d.mysql_user,
             mysql_password=read_secret(env, "MYSQL_PASSWORD") or "",
             mysql_database=env.get("MYSQL_DATABASE") or d.mysql_database,
+            mysql_max_connections=env_int(env, "MYSQL_MAX_CONNECTIONS", d.mysql_max_connections, 1, 1000),
             jwt_secret=jwt_secret,
             jwt_expires_s=env_int(env, "JWT_EXPIRES_SECONDS", d.jwt_expires_s, 1, 24 * 3600),
             admin_username=admin_username,
@@ -89,10 +145,16 @@ class AuthConfig:
             influxdb_host=env.get("INFLUXDB_HOST") or d.influxdb_host,
             influxdb_port=env_int(env, "INFLUXDB_PORT", d.influxdb_port, 1, 65535),
             influxdb_database=env.get("INFLUXDB_DATABASE") or d.influxdb_database,
+            influxdb_username=influxdb_username,
+            influxdb_password=influxdb_password,
             auth_host=env.get("AUTH_HOST") or d.auth_host,
             auth_port=env_int(env, "AUTH_PORT", d.auth_port, 1, 65535),
-            auth_threads=env_int(env, "AUTH_THREADS", d.auth_threads, 1, 256),
-            max_message_bytes=env_int(env, "MAX_MESSAGE_BYTES", d.max_message_bytes, 2, 64 * 1024 * 1024),
+            trusted_proxy_hops=env_int(env, "TRUSTED_PROXY_HOPS", d.trusted_proxy_hops, 0, 10),
+            client_timeout_s=env_int(env, "AUTH_CLIENT_TIMEOUT", d.client_timeout_s, 1, 600),
+            max_connections=env_int(env, "AUTH_MAX_CONNECTIONS", d.max_connections, 10, 100_000),
+            login=LoginLimits.from_env(env),
+            limits=limits_from_env(env),
+            series_refresh_s=env_int(env, "SERIES_REFRESH_INTERVAL", d.series_refresh_s, 0, 86400),
             startup_timeout_s=env_int(env, "STARTUP_TIMEOUT", d.startup_timeout_s, 1, 3600),
             mqtt_secure=_bool(env, "MQTT_SECURE"),
             mqtt_host=env.get("MQTT_HOST") or d.mqtt_host,

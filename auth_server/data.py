@@ -1,8 +1,9 @@
 """The HTTP data API: a device writes and reads the series its account has rights to.
 
 Writes follow the MQTT payload rules through the adapter's own implementation
-(`adapter.contract.parse_message` and `line_protocol`), and are all-or-nothing: one rejected
-element of a backlog array rejects the whole request before anything is written.
+(`adapter.contract.parse_message` and `line_protocol`, with the same `Limits` and series
+budget), and are all-or-nothing: one rejected element of a backlog array, or one point past
+a series budget, rejects the whole request before anything is written.
 """
 
 from __future__ import annotations
@@ -14,13 +15,17 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from adapter.contract import (
+    Drop,
     Reject,
+    SeriesBudget,
     TimestampError,
     line_protocol,
     parse_message,
     parse_timestamp,
     split_topic,
+    valid_name,
 )
+from adapter.influx import InfluxWriter, SeriesBudgetKeeper, TransientWriteError
 from auth_server.auth import current_account, login_required
 from auth_server.config import AuthConfig
 from auth_server.errors import ApiError
@@ -33,7 +38,6 @@ bp = Blueprint("data", __name__, url_prefix="/api/data")
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000
 _NUMBER_RE = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 _REJECT_TEXT = {
     Reject.BAD_TOPIC: "location and station must each be one topic level",
@@ -41,6 +45,15 @@ _REJECT_TEXT = {
     Reject.NOT_OBJECT: "the body must be a JSON object, or an array of objects",
     Reject.BAD_TIMESTAMP: "bad timestamp",
     Reject.TOO_LARGE: "the body is larger than MAX_MESSAGE_BYTES",
+    Reject.LOCATION_TOO_LONG: "the location is longer than MAX_LOCATION_LENGTH",
+    Reject.STATION_TOO_LONG: "the station is longer than MAX_STATION_LENGTH",
+    Reject.TOO_MANY_ELEMENTS: "the array has more elements than MAX_BACKLOG_ELEMENTS",
+    Reject.TOO_MANY_POINTS: "the body holds more values than MAX_POINTS_PER_MESSAGE",
+    Reject.TOO_MANY_KEYS: "an object has more keys than MAX_KEYS_PER_OBJECT",
+}
+_DROP_TEXT = {
+    Drop.DEVICE_SERIES_BUDGET: "this station already has MAX_SERIES_PER_DEVICE metrics",
+    Drop.SERIES_BUDGET: "the database already holds MAX_SERIES series",
 }
 
 
@@ -48,12 +61,32 @@ def _influx() -> InfluxClient:
     return current_app.extensions["influx"]
 
 
+def _series_budget() -> SeriesBudgetKeeper:
+    """This process's view of the series budget, kept in step with InfluxDB."""
+    keeper = current_app.extensions.get("series_budget")
+    if keeper is None:
+        config: AuthConfig = current_app.config["AUTH"]
+        reader = InfluxWriter(config.influxdb_host, config.influxdb_port, config.influxdb_database, 60)
+        budget = SeriesBudget(config.limits.max_series_per_device, config.limits.max_series)
+        keeper = current_app.extensions.setdefault(
+            "series_budget", SeriesBudgetKeeper(budget, reader, config.series_refresh_s)
+        )
+    return keeper
+
+
+def _refuse(reason: Reject | Drop, status: int, text: str) -> ApiError:
+    metrics: AuthMetrics = current_app.extensions["auth_metrics"]
+    metrics.data_rejected.labels(reason.value).inc()
+    return ApiError(status, text)
+
+
 def _series(location: str, station: str, right: Right) -> None:
     """400 unless `<location>/<station>` is a valid topic, 403 unless the account has `right`."""
     if split_topic(f"{location}/{station}") is None:
         raise ApiError(
             400,
-            "location and station must be topic levels without control characters or a trailing backslash",
+            "location and station must be topic levels without control, line-separator or "
+            "bidirectional characters or a trailing backslash",
         )
     if not current_account().may(right, location, station):
         raise ApiError(403, f"this account may not {right} the series of {location}/{station}")
@@ -65,17 +98,28 @@ def write(location: str, station: str) -> Response:
     _series(location, station, Right.WRITE)
     config: AuthConfig = current_app.config["AUTH"]
     parsed = parse_message(
-        f"{location}/{station}", request.get_data(cache=False), time.time_ns(), config.max_message_bytes
+        f"{location}/{station}", request.get_data(cache=False), time.time_ns(), config.limits
     )
     if isinstance(parsed, Reject):
-        raise ApiError(
-            413 if parsed is Reject.TOO_LARGE else 400, f"{_REJECT_TEXT[parsed]}; nothing was stored"
-        )
+        status = 413 if parsed is Reject.TOO_LARGE else 400
+        raise _refuse(parsed, status, f"{_REJECT_TEXT[parsed]}; nothing was stored")
     for index, record in enumerate(parsed.records):
         if record.reject is not None:
             where = f"element {index}: " if len(parsed.records) > 1 else ""
             detail = f" ({record.reject_detail})" if record.reject_detail else ""
-            raise ApiError(400, f"{where}{_REJECT_TEXT[record.reject]}{detail}; nothing was stored")
+            raise _refuse(
+                record.reject, 400, f"{where}{_REJECT_TEXT[record.reject]}{detail}; nothing was stored"
+            )
+    keeper = _series_budget()
+    try:
+        keeper.ensure_fresh()
+    except TransientWriteError as exc:
+        current_app.logger.error("reading the series budget from InfluxDB failed: %s", exc)
+        raise ApiError(503, "the time-series database is unavailable; nothing was stored, try again") from exc
+    refused = keeper.budget.admit(parsed, all_or_nothing=True)
+    if refused:
+        metric, why = refused[0]
+        raise _refuse(why, 400, f"new metric {metric!r} refused: {_DROP_TEXT[why]}; nothing was stored")
     points = parsed.points
     try:
         _influx().write_lines([line_protocol(p) for p in points])
@@ -118,8 +162,11 @@ def _limit_arg() -> int:
 def read(location: str, station: str) -> Response:
     _series(location, station, Right.READ)
     metric = request.args.get("metric")
-    if metric is not None and (not metric or _CONTROL_RE.search(metric) or len(metric) > 255):
-        raise ApiError(400, "metric must be a non-empty name without control characters")
+    if metric is not None and (not valid_name(metric) or len(metric) > 255):
+        raise ApiError(
+            400,
+            "metric must be a name of the message contract (no control, line-separator or bidi characters)",
+        )
     start, end, limit = _time_arg("start"), _time_arg("end"), _limit_arg()
     # Values travel as bound parameters; the only text spliced in is a quoted identifier and
     # integers produced here.

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, jsonify
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from auth_server.db import DatabaseUnavailableError
 from auth_server.policy import ValidationError
+from auth_server.store import DuplicatePermissionError
+from auth_server.throttle import LoginThrottledError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,26 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ValidationError)
     def _validation_error(exc: ValidationError) -> Response:
         return error_response(400, str(exc))
+
+    @app.errorhandler(LoginThrottledError)
+    def _throttled(exc: LoginThrottledError) -> Response:
+        return error_response(
+            429,
+            f"too many failed logins; try again in {exc.retry_after_s} s",
+            {"Retry-After": str(exc.retry_after_s)},
+        )
+
+    @app.errorhandler(DuplicatePermissionError)
+    def _duplicate_permission(_exc: DuplicatePermissionError) -> Response:
+        return error_response(409, "two permissions name the same series; nothing was changed")
+
+    @app.errorhandler(ClientDisconnected)
+    def _body_cut_short(exc: ClientDisconnected) -> Response:
+        # Werkzeug raises this for any failed read of the body; a socket timeout there means
+        # the client paused longer than AUTH_CLIENT_TIMEOUT (python -m auth_server sets it).
+        if isinstance(exc.__context__, TimeoutError):
+            return error_response(408, "the request body did not arrive in time")
+        return error_response(400, "the request body ended before its announced length")
 
     @app.errorhandler(DatabaseUnavailableError)
     def _database_unavailable(exc: DatabaseUnavailableError) -> Response:

@@ -18,19 +18,30 @@ class InfluxUnavailableError(RuntimeError):
 
 
 class InfluxRejectedError(RuntimeError):
-    """InfluxDB refused the write (HTTP 400); some points of it may have been stored."""
+    """InfluxDB refused the write for good (HTTP 4xx); some points of it may have been stored."""
 
 
 class InfluxClient:
-    def __init__(self, host: str, port: int, database: str, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        database: str,
+        timeout_s: float = 10.0,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.url = f"http://{host}:{port}"
         self.database = database
         self.timeout_s = timeout_s
-        self._writer = InfluxWriter(host, port, database, timeout_s)
+        # HTTP basic auth when InfluxDB requires it (the secure profile); never in the URL.
+        self._auth = (username, password) if username is not None and password is not None else None
+        self._writer = InfluxWriter(host, port, database, timeout_s, username=username, password=password)
 
     def _post(self, path: str, **kwargs: Any) -> requests.Response:
         try:
-            response = requests.post(f"{self.url}{path}", timeout=self.timeout_s, **kwargs)
+            response = requests.post(f"{self.url}{path}", timeout=self.timeout_s, auth=self._auth, **kwargs)
         except requests.RequestException as exc:
             raise InfluxUnavailableError(f"InfluxDB unreachable: {exc.__class__.__name__}") from exc
         if response.status_code >= 500:
@@ -53,7 +64,7 @@ class InfluxClient:
                 result = self._writer.write_lines(lines)
         except TransientWriteError as exc:
             raise InfluxUnavailableError(str(exc)) from exc
-        if result.dropped:
+        if result.refused:
             raise InfluxRejectedError(result.error)
 
     def query(self, q: str, bind: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -80,7 +80,7 @@ local_auth_server_start() {
     MYSQL_PASSWORD_FILE="$(local_secret mysql_password)" \
     JWT_SECRET_FILE="$(local_secret jwt_secret)" \
     ADMIN_USERNAME="${AUTH_ADMIN_USERNAME:-admin}" ADMIN_PASSWORD_FILE="$(local_secret auth_admin_password)" \
-    INFLUXDB_HOST="$CONNECT_HOST" INFLUXDB_PORT="$IOT_INFLUXDB_PORT" INFLUXDB_DATABASE=IoT_Devices \
+    INFLUXDB_HOST=127.0.0.1 INFLUXDB_PORT="$IOT_INFLUXDB_PORT" INFLUXDB_DATABASE=IoT_Devices \
     MQTT_SECURE=false \
     "$VENV/bin/python" -m auth_server
   local_wait auth_server 60 auth_server_ready

@@ -34,8 +34,29 @@ class AuthMetrics:
         self.logins = Counter(
             "auth_logins", "Login attempts by result (success, failure)", ["result"], registry=r
         )
+        self.login_throttled = Counter(
+            "auth_login_throttled",
+            "Login attempts refused unchecked (429) while failed logins block them, by the counter "
+            "that blocked: pair (username from one address), address (any username), username "
+            "(from any address)",
+            ["scope"],
+            registry=r,
+        )
+        self.login_delays = Counter(
+            "auth_login_delays",
+            "Failed logins past a counter's free failures, each making the next attempt wait, by scope",
+            ["scope"],
+            registry=r,
+        )
         self.points_written = Counter(
             "auth_points_written", "Points written to InfluxDB through the HTTP data API", registry=r
+        )
+        # The reasons are the adapter's (adapter.contract Reject and Drop values).
+        self.data_rejected = Counter(
+            "auth_data_rejected",
+            "HTTP data writes refused whole by the message contract, a limit or a series budget, by reason",
+            ["reason"],
+            registry=r,
         )
         # Both results exist from the start, so a rate() over failures works before the first one.
         for result in ("success", "failure"):

@@ -1,11 +1,14 @@
 """Secure MQTT mode: keeps Mosquitto's dynamic-security plugin in step with the accounts in MySQL.
 
 Each device account is a broker client with one role, `iot-device:<username>`, whose ACLs allow
-publishing to exactly the `<location>/<station>` topics the account may write (`*` → `+`). The
-adapter has its own client and role, allowed to subscribe to `#`. Commands are JSON published to
-`$CONTROL/dynamic-security/v1` as the plugin's admin; answers come back on `.../response`.
-The plugin itself disconnects live sessions when a client is deleted or disabled, its password
-changes, or its role's ACLs change (Mosquitto 2.0 `mosquitto_kick_client_by_username`).
+publishing to exactly the `<location>/<station>` topics the account may write (`*` → `+`), and
+bound to one MQTT client id, its username: nobody can connect with another account's client
+id, so no device takes over the adapter's session or another device's. The adapter has its
+own client and role, allowed to subscribe to `#` and to clear retained messages. Commands are
+JSON published to `$CONTROL/dynamic-security/v1` as the plugin's admin; answers come back on
+`.../response`. The plugin itself disconnects live sessions when a client is deleted or
+disabled, its password or client id changes, or its role's ACLs change (Mosquitto 2.0
+`mosquitto_kick_client_by_username`).
 """
 
 from __future__ import annotations
@@ -47,15 +50,23 @@ def device_role(username: str) -> str:
     return f"{DEVICE_ROLE_PREFIX}{username}"
 
 
+def device_client_id(username: str) -> str:
+    """The one MQTT client id a device account may connect with: its username. One id per
+    account (the plugin binds at most one), chosen so a device needs no new setting."""
+    return username
+
+
 def publish_acls(topics: Iterable[str]) -> list[dict[str, Any]]:
     return [{"acltype": "publishClientSend", "topic": t, "allow": True} for t in sorted(set(topics))]
 
 
 # The adapter reads every device topic (`#`, also behind `$share/<group>/`); receiving is listed
-# too, in case an operator sets the default for publishClientReceive to deny.
+# too, in case an operator sets the default for publishClientReceive to deny. It publishes an
+# empty retained message wherever a device left a retained one, which deletes it.
 ADAPTER_ACLS = [
     {"acltype": "subscribePattern", "topic": "#", "allow": True},
     {"acltype": "publishClientReceive", "topic": "#", "allow": True},
+    {"acltype": "publishClientSend", "topic": "#", "allow": True},
 ]
 
 
@@ -88,10 +99,13 @@ def plan_client(
     rolename: str,
     enabled: bool,
     password: str | None,
+    *,
+    clientid: str | None = None,
 ) -> list[Command]:
     """Commands that make client `username` have exactly role `rolename`, the given enabled
-    state and, when given, the password. The plugin stores no plaintext we could compare, so a
-    password is only sent when the account's password is being set."""
+    state and, when given, the password and the one MQTT client id it may connect with (None:
+    left as it is). The plugin stores no plaintext we could compare, so a password is only
+    sent when the account's password is being set."""
     if existing is None:
         create: Command = {
             "command": "createClient",
@@ -101,6 +115,8 @@ def plan_client(
         }
         if password is not None:
             create["password"] = password
+        if clientid is not None:
+            create["clientid"] = clientid
         commands = [create]
         if not enabled:
             commands.append({"command": "disableClient", "username": username})
@@ -117,6 +133,8 @@ def plan_client(
                 "groups": [],
             }
         )
+    if clientid is not None and existing.get("clientid") != clientid:
+        commands.append({"command": "setClientId", "username": username, "clientid": clientid})
     if password is not None:
         commands.append({"command": "setClientPassword", "username": username, "password": password})
     disabled = bool(existing.get("disabled", False))
@@ -293,7 +311,14 @@ class MqttAccountSync:
             client = client_answer.get("data", {}).get("client")
             role = role_answer.get("data", {}).get("role")
             commands = plan_role(rolename, role, publish_acls(device.topics))
-            commands += plan_client(device.username, client, rolename, device.enabled, password)
+            commands += plan_client(
+                device.username,
+                client,
+                rolename,
+                device.enabled,
+                password,
+                clientid=device_client_id(device.username),
+            )
             conn.run_checked(commands)
 
     def remove_device(self, username: str) -> None:
@@ -390,7 +415,14 @@ class MqttAccountSync:
                 existing = clients.get(device.username)
                 if existing is None:
                     report.without_password.append(device.username)
-                commands += plan_client(device.username, existing, rolename, device.enabled, None)
+                commands += plan_client(
+                    device.username,
+                    existing,
+                    rolename,
+                    device.enabled,
+                    None,
+                    clientid=device_client_id(device.username),
+                )
 
             # Clients and roles we created for accounts that no longer exist (or are admins now).
             for username, client in clients.items():

@@ -8,6 +8,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from auth_server.passwords import GENERATED_PASSWORD_BYTES
 from auth_server.policy import MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, USERNAME_RE
 
 JSON = "application/json"
@@ -90,10 +91,29 @@ _SCHEMAS: dict[str, Any] = {
             "updated_at": {"type": "string", "format": "date-time"},
         },
     },
+    "AccountWithPassword": {
+        "allOf": [
+            _ref("Account"),
+            {
+                "type": "object",
+                "properties": {
+                    "password": {
+                        "type": "string",
+                        "format": "password",
+                        "description": (
+                            f"Only when the server generated the password ({GENERATED_PASSWORD_BYTES} random "
+                            "bytes, URL-safe base64): shown in this answer and never again"
+                        ),
+                    }
+                },
+            },
+        ]
+    },
     "AccountCreate": {
         "type": "object",
-        "required": ["username", "password"],
+        "required": ["username"],
         "additionalProperties": False,
+        "description": "Without `password`, the server generates one and returns it once.",
         "properties": {
             "username": {"type": "string", "pattern": USERNAME_RE.pattern},
             "password": {
@@ -102,6 +122,7 @@ _SCHEMAS: dict[str, Any] = {
                 "minLength": MIN_PASSWORD_CHARS,
                 "maxLength": MAX_PASSWORD_CHARS,
             },
+            "generate_password": {"type": "boolean", "default": False},
             "role": {"type": "string", "enum": ["admin", "device"], "default": "device"},
             "enabled": {"type": "boolean", "default": True},
             "permissions": {"type": "array", "items": _ref("Permission"), "default": []},
@@ -111,7 +132,10 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "minProperties": 1,
         "additionalProperties": False,
-        "description": "Only the given fields change; `permissions` replaces the whole list.",
+        "description": (
+            "Only the given fields change; `permissions` replaces the whole list. "
+            "`generate_password: true` sets a new generated password, returned once."
+        ),
         "properties": {
             "password": {
                 "type": "string",
@@ -119,6 +143,7 @@ _SCHEMAS: dict[str, Any] = {
                 "minLength": MIN_PASSWORD_CHARS,
                 "maxLength": MAX_PASSWORD_CHARS,
             },
+            "generate_password": {"type": "boolean", "default": False},
             "role": {"type": "string", "enum": ["admin", "device"]},
             "enabled": {"type": "boolean"},
             "permissions": {"type": "array", "items": _ref("Permission")},
@@ -172,6 +197,15 @@ _PATHS: dict[str, Any] = {
                 "200": _json(_ref("Token"), "Logged in"),
                 "400": _error("Body is not a JSON object with string username and password"),
                 "401": _error("Wrong username or password, or the account is disabled"),
+                "429": {
+                    **_error("Earlier failed logins block this attempt; it was not checked"),
+                    "headers": {
+                        "Retry-After": {
+                            "description": "Seconds until an attempt is heard again",
+                            "schema": {"type": "integer"},
+                        }
+                    },
+                },
             },
         }
     },
@@ -202,10 +236,10 @@ _PATHS: dict[str, Any] = {
             "summary": "Create an account (admin only); in secure MQTT mode a device becomes a broker client",
             "requestBody": {"required": True, "content": {JSON: {"schema": _ref("AccountCreate")}}},
             "responses": {
-                "201": _json(_ref("Account"), "Created; the Location header names it"),
+                "201": _json(_ref("AccountWithPassword"), "Created; the Location header names it"),
                 "400": _error("Invalid field"),
                 **_ADMIN_ERRORS,
-                "409": _error("The username is taken or reserved"),
+                "409": _error("The username is taken or reserved, or two permissions name one series"),
                 "503": _error("MySQL or the MQTT broker is unavailable; nothing was created"),
             },
         },
@@ -226,7 +260,7 @@ _PATHS: dict[str, Any] = {
             "summary": "Change password, role, enabled state or permissions (admin only)",
             "requestBody": {"required": True, "content": {JSON: {"schema": _ref("AccountPatch")}}},
             "responses": {
-                "200": _json(_ref("Account"), "The changed account"),
+                "200": _json(_ref("AccountWithPassword"), "The changed account"),
                 "400": _error("Invalid or unknown field, or nothing to change"),
                 **_ADMIN_ERRORS,
                 "404": _error("No such account"),

@@ -9,7 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from adapter.contract import split_topic
+from adapter.contract import split_topic, valid_name
 
 # Usernames travel in URLs, logs and MQTT CONNECT packets: a plain, unambiguous alphabet.
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
@@ -64,7 +64,9 @@ class Account:
     username: str
     role: Role
     enabled: bool
-    token_version: int
+    # Random, replaced at every revocation (tokens.py); None for an account an older version
+    # created that has not logged in since.
+    token_key: str | None
     permissions: tuple[Permission, ...]
     created_at: datetime | None = None
     updated_at: datetime | None = None
@@ -113,8 +115,15 @@ def _utf8(field: str, value: str) -> str:
     return value
 
 
+def is_username(value: Any) -> bool:
+    """Whether `value` could be a username. Every lookup by name checks this first: MySQL
+    would also find `admin` for `admin ` (its collation pads with spaces)."""
+    # The contract's rule for names first, so the username rule can only be stricter.
+    return isinstance(value, str) and valid_name(value) and USERNAME_RE.match(value) is not None
+
+
 def validate_username(value: Any) -> str:
-    if not isinstance(value, str) or not USERNAME_RE.match(value):
+    if not is_username(value):
         raise ValidationError(
             "username must be 1-64 characters from A-Z a-z 0-9 . _ @ - and start with a letter or digit"
         )
@@ -146,10 +155,15 @@ def _series_part(field: str, value: Any) -> str:
     # `+`/`#` are wildcards there, and `$` topics belong to the broker ($SYS, $CONTROL).
     if split_topic(f"{value}/x") is None or any(c in value for c in "+#*") or value.startswith("$"):
         raise ValidationError(
-            f"{field} {value!r} is not usable: it must be `*` or a topic level without "
-            "/ + # * control characters, a trailing backslash or a leading $"
+            f"{field} {value!r} is not usable: it must be `*` or a topic level without / + # *, "
+            "control, line-separator or bidirectional characters, a trailing backslash or a leading $"
         )
     return value
+
+
+def _same_in_mysql(location: str, station: str) -> tuple[str, str]:
+    # The permissions table's unique key compares with trailing spaces ignored.
+    return location.rstrip(" "), station.rstrip(" ")
 
 
 def _flag(field: str, raw: Mapping[str, Any], default: bool = False) -> bool:
@@ -173,8 +187,11 @@ def parse_permissions(value: Any) -> tuple[Permission, ...]:
             raise ValidationError(f"permissions[{index}] has unknown fields: {', '.join(sorted(unknown))}")
         location = _series_part("location", raw.get("location"))
         station = _series_part("station", raw.get("station"))
-        if (location, station) in seen:
-            raise ValidationError(f"permissions list {location}/{station} twice")
-        seen.add((location, station))
+        if _same_in_mysql(location, station) in seen:
+            raise ValidationError(
+                f"permissions list {location!r}/{station!r} twice "
+                "(names that differ only in trailing spaces count as the same)"
+            )
+        seen.add(_same_in_mysql(location, station))
         result.append(Permission(location, station, _flag("read", raw), _flag("write", raw)))
     return tuple(result)

@@ -10,12 +10,17 @@ import pymysql
 
 from auth_server.db import Connection
 from auth_server.policy import Account, Permission, Role
+from auth_server.tokens import new_token_key
 
-_ACCOUNT_COLUMNS = "id, username, role, enabled, token_version, created_at, updated_at"
+_ACCOUNT_COLUMNS = "id, username, role, enabled, token_key, created_at, updated_at"
 
 
 class AccountExistsError(Exception):
     """INSERT of a username that is already taken."""
+
+
+class DuplicatePermissionError(Exception):
+    """Two permissions MySQL considers the same series (its unique key refused the second)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,31 +61,55 @@ class AccountStore:
             username=row["username"],
             role=Role(row["role"]),
             enabled=bool(row["enabled"]),
-            token_version=row["token_version"],
+            token_key=row["token_key"],
             permissions=tuple(permissions),
             created_at=row["created_at"],
             updated_at=row["updated_at"],
         )
 
-    def get(self, username: str, for_update: bool = False) -> Account | None:
+    def _row(self, columns: str, where: str, key: Any, for_update: bool = False) -> dict[str, Any] | None:
         lock = " FOR UPDATE" if for_update else ""
         with self.conn.cursor() as cur:
-            cur.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE username = %s{lock}", (username,))
+            # `columns` and `where` are fixed text of this class; only `key` comes from a request.
+            cur.execute(f"SELECT {columns} FROM accounts WHERE {where} = %s{lock}", (key,))
             row = cur.fetchone()
+        # MySQL's `=` ignores trailing spaces ('admin ' finds 'admin'); Python's does not.
+        if row is None or row[where] != key:
+            return None
+        return row
+
+    def get(self, username: str, for_update: bool = False) -> Account | None:
+        row = self._row(_ACCOUNT_COLUMNS, "username", username, for_update)
+        if row is None:
+            return None
+        return self._account(row, self._permissions([row["id"]])[row["id"]])
+
+    def get_by_id(self, account_id: int) -> Account | None:
+        row = self._row(_ACCOUNT_COLUMNS, "id", account_id)
         if row is None:
             return None
         return self._account(row, self._permissions([row["id"]])[row["id"]])
 
     def credentials(self, username: str) -> Credentials | None:
-        with self.conn.cursor() as cur:
-            cur.execute(
-                f"SELECT {_ACCOUNT_COLUMNS}, password_hash FROM accounts WHERE username = %s", (username,)
-            )
-            row = cur.fetchone()
+        row = self._row(f"{_ACCOUNT_COLUMNS}, password_hash", "username", username)
         if row is None:
             return None
         account = self._account(row, self._permissions([row["id"]])[row["id"]])
         return Credentials(account, row["password_hash"])
+
+    def give_token_key(self, account: Account) -> Account:
+        """The account with a token key, given one now if an older version created it without."""
+        if account.token_key is not None:
+            return account
+        key = new_token_key()
+        with self.conn.cursor() as cur:
+            # Only if still NULL: a concurrent login may have set one, and it must stay valid.
+            cur.execute(
+                "UPDATE accounts SET token_key = %s WHERE id = %s AND token_key IS NULL", (key, account.id)
+            )
+        updated = self.get_by_id(account.id)
+        assert updated is not None and updated.token_key is not None  # set just above
+        return updated
 
     def accounts(self, role: Role | None = None) -> list[Account]:
         with self.conn.cursor() as cur:
@@ -112,8 +141,9 @@ class AccountStore:
         with self.conn.cursor() as cur:
             try:
                 cur.execute(
-                    "INSERT INTO accounts (username, password_hash, role, enabled) VALUES (%s, %s, %s, %s)",
-                    (username, password_hash, str(role), enabled),
+                    "INSERT INTO accounts (username, password_hash, role, enabled, token_key) "
+                    "VALUES (%s, %s, %s, %s, %s)",
+                    (username, password_hash, str(role), enabled, new_token_key()),
                 )
             except pymysql.err.IntegrityError as exc:
                 raise AccountExistsError(username) from exc
@@ -127,11 +157,14 @@ class AccountStore:
         if not permissions:
             return
         with self.conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO permissions (account_id, location, station, can_read, can_write) "
-                "VALUES (%s, %s, %s, %s, %s)",
-                [(account_id, p.location, p.station, p.read, p.write) for p in permissions],
-            )
+            try:
+                cur.executemany(
+                    "INSERT INTO permissions (account_id, location, station, can_read, can_write) "
+                    "VALUES (%s, %s, %s, %s, %s)",
+                    [(account_id, p.location, p.station, p.read, p.write) for p in permissions],
+                )
+            except pymysql.err.IntegrityError as exc:
+                raise DuplicatePermissionError(str(exc.args[-1])) from exc
 
     def update(
         self,
@@ -141,7 +174,8 @@ class AccountStore:
         enabled: bool | None = None,
         permissions: Sequence[Permission] | None = None,
     ) -> Account:
-        """Change the given fields; a new password, role or enabled state revokes old tokens."""
+        """Change the given fields; a new password, role or enabled state revokes old tokens
+        (the account gets a new token key)."""
         assignments: list[str] = []
         params: list[Any] = []
         if password_hash is not None:
@@ -157,9 +191,8 @@ class AccountStore:
             if assignments:
                 # The column list is fixed text chosen above; only values come from the request.
                 cur.execute(
-                    f"UPDATE accounts SET {', '.join(assignments)}, token_version = token_version + 1 "
-                    "WHERE id = %s",
-                    (*params, account.id),
+                    f"UPDATE accounts SET {', '.join(assignments)}, token_key = %s WHERE id = %s",
+                    (*params, new_token_key(), account.id),
                 )
             if permissions is not None:
                 cur.execute("DELETE FROM permissions WHERE account_id = %s", (account.id,))

@@ -1,7 +1,15 @@
-"""Access tokens: JWT signed with HS256, short-lived, checked with the algorithm pinned."""
+"""Access tokens: JWT signed with HS256, short-lived, checked with the algorithm pinned.
+
+A token names its account by the account's id (never reused) and the account's token key (random,
+replaced whenever the password, role or enabled state changes). A username alone would not do:
+an account deleted and created again under the same name must not accept the old one's tokens.
+"""
 
 from __future__ import annotations
 
+import hmac
+import re
+import secrets
 import time
 from dataclasses import dataclass
 
@@ -11,6 +19,10 @@ from auth_server.policy import Account
 
 ISSUER = "iot-auth-server"
 ALGORITHM = "HS256"
+TOKEN_KEY_BYTES = 16  # 128 random bits, stored as 32 hex digits (accounts.token_key CHAR(32))
+
+_ACCOUNT_ID_RE = re.compile(r"^[1-9][0-9]{0,9}$")  # accounts.id is INT UNSIGNED
+_TOKEN_KEY_RE = re.compile(rf"^[0-9a-f]{{{2 * TOKEN_KEY_BYTES}}}$")
 
 
 class TokenError(Exception):
@@ -19,20 +31,32 @@ class TokenError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class TokenClaims:
-    username: str
-    token_version: int
+    account_id: int
+    token_key: str
+
+    def matches(self, account: Account) -> bool:
+        """Whether the token was issued to this very account, since its last revocation."""
+        return (
+            account.id == self.account_id
+            and account.token_key is not None
+            and hmac.compare_digest(account.token_key, self.token_key)
+        )
+
+
+def new_token_key() -> str:
+    return secrets.token_hex(TOKEN_KEY_BYTES)
 
 
 def issue_token(account: Account, secret: str, expires_s: int, now: float | None = None) -> str:
+    if account.token_key is None:
+        raise ValueError("the account has no token key yet")
     issued = int(time.time() if now is None else now)
     claims = {
         "iss": ISSUER,
-        "sub": account.username,
+        "sub": str(account.id),  # RFC 7519: `sub` is a string
         "iat": issued,
         "exp": issued + expires_s,
-        # The account's token_version at login: changing the password, role or enabled
-        # state bumps it, which invalidates every token issued before.
-        "ver": account.token_version,
+        "key": account.token_key,
     }
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
@@ -45,11 +69,14 @@ def verify_token(token: str, secret: str) -> TokenClaims:
             secret,
             algorithms=[ALGORITHM],
             issuer=ISSUER,
-            options={"require": ["exp", "iat", "iss", "sub", "ver"]},
+            options={"require": ["exp", "iat", "iss", "sub", "key"]},
         )
     except jwt.InvalidTokenError as exc:
         raise TokenError(str(exc)) from exc
-    username, version = claims["sub"], claims["ver"]
-    if not isinstance(username, str) or type(version) is not int:
-        raise TokenError("malformed claims")
-    return TokenClaims(username, version)
+    subject, key = claims["sub"], claims["key"]
+    # Tokens of the previous release (`sub` a username, a `ver` counter) fail here.
+    if not isinstance(subject, str) or not _ACCOUNT_ID_RE.match(subject):
+        raise TokenError("malformed subject")
+    if not isinstance(key, str) or not _TOKEN_KEY_RE.match(key):
+        raise TokenError("malformed token key")
+    return TokenClaims(int(subject), key)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.mqtt_client import Publisher
+from tests.secure_influx import SecureInflux, start_secure_influx
 from tests.servers import (
     AdapterProcess,
     InfluxServer,
@@ -130,5 +131,15 @@ def mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDBServer]
     server = MariaDBServer(tmp_path_factory.mktemp("mariadb"))
     server.start()
     _track(server)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def secure_influx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureInflux]:
+    """The secure profile's InfluxDB (authentication on, users set up by the init script), for
+    the session: tests must not change its users or rights (they use `start_secure_influx`)."""
+    server = start_secure_influx(tmp_path_factory.mktemp("secure-influx"))
+    _track(server.server)
     yield server
     server.stop()

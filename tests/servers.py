@@ -8,6 +8,7 @@ as their components need them.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import random
 import shutil
@@ -194,7 +195,17 @@ class InfluxServer(ManagedServer):
 
     name = "influxd"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        data_options: str = "",
+        http_options: str = "",
+        auth_enabled: bool = False,
+        extra_config: str = "",
+    ) -> None:
+        """`data_options`, `http_options`: extra lines for the [data] and [http] sections
+        (e.g. `max-values-per-tag = 5`); `auth_enabled`: HTTP authentication on, as in the
+        secure profile; `extra_config`: more TOML sections (e.g. `[continuous_queries]`)."""
         super().__init__(workdir)
         self.port = free_port()
         self.binary = require_binary("influxd")
@@ -206,8 +217,11 @@ class InfluxServer(ManagedServer):
             f'[meta]\n  dir = "{workdir}/meta"\n'
             f'[data]\n  dir = "{workdir}/data"\n  wal-dir = "{workdir}/wal"\n'
             "  query-log-enabled = false\n"
+            f"{data_options}\n"
             f'[http]\n  bind-address = "127.0.0.1:{self.port}"\n  log-enabled = false\n'
-            "[monitor]\n  store-enabled = false\n"
+            f"  auth-enabled = {str(auth_enabled).lower()}\n"
+            f"{http_options}\n"
+            "[monitor]\n  store-enabled = false\n" + extra_config
         )
 
     def command(self) -> list[str]:
@@ -272,6 +286,9 @@ class AdapterProcess(ManagedServer):
             "INFLUXDB_PORT": str(influx.port),
             "INFLUXDB_DATABASE": database,
             "METRICS_PORT": str(self.metrics_port),
+            # A sweep for retained messages adds its marker to the messages received: off,
+            # so that counts stay exact, unless a test turns it on.
+            "RETAINED_SWEEP_INTERVAL": "0",
         }
         self.env.pop("DEBUG_DATA_FLOW", None)
         self.env.update(env)
@@ -301,6 +318,25 @@ class AdapterProcess(ManagedServer):
                 if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                     return float(sample.value)
         return 0.0
+
+    def samples(self, name: str, label: str = "reason") -> dict[str, float]:
+        """Every sample of `name` by the value of one label: samples("adapter_points_dropped_total")."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        return {
+            sample.labels.get(label, ""): float(sample.value)
+            for family in text_string_to_metric_families(self.metrics_text())
+            for sample in family.samples
+            if sample.name == name
+        }
+
+    def peak_rss_bytes(self) -> int:
+        """The process's peak resident memory (VmHWM) so far."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise ServerError("no VmHWM in /proc/<pid>/status")
 
 
 class BrokerExporterProcess(ManagedServer):
@@ -512,3 +548,25 @@ class MariaDBServer(ManagedServer):
     def drop_database(self, name: str) -> None:
         with self.root() as conn, conn.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses of the TCP sockets listening on `port` (IPv4 and IPv6), from
+    /proc/net/tcp*: where a server really binds, whatever it says."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            address, state = fields[1], fields[3]
+            host, hex_port = address.rsplit(":", 1)
+            if state != "0A" or int(hex_port, 16) != port:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(host)
+            # The kernel prints each 32-bit word in host (little-endian) byte order.
+            words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            found.add(str(ipaddress.ip_address(words)))
+    return found

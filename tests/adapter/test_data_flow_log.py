@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 
@@ -99,3 +100,37 @@ def test_every_line_has_the_contract_timestamp(
     wait_for(lambda: adapter.metric("adapter_points_written_total") == 7, 10, "7 points stored")
     lines = adapter.log_text().splitlines()
     assert lines and all(re.match(STAMP + r"\S", line) for line in lines)
+
+
+def test_refusals_are_logged_and_strangers_names_cannot_forge_lines(
+    broker: MosquittoServer, influx: InfluxServer, database: str, make_adapter: Callable[..., AdapterProcess]
+) -> None:
+    adapter = make_adapter(broker, influx, database, DEBUG_DATA_FLOW="true", MAX_SERIES_PER_DEVICE="1")
+    forged = "2019-11-27 18:38:14 UPB.RPi_1.BAT 0"
+    # (Mosquitto itself refuses topics with C0 control characters, so a newline can only come
+    # in a key.)
+    messages = [
+        (f"UPB/Evil\u2028{forged}", '{"BAT": 1}'),
+        ("UPB/" + "x" * 20_000, '{"BAT": 1}'),
+        ("UPB/Keys", json.dumps({"k" * 200: 1, f"BAT\n{forged}": 2, "a\u202eb": 3, "ok": 4, "status": "OK"})),
+        ("UPB/Budget", '{"a": 1, "b": 2}'),
+    ]
+    pub = Publisher(broker.port)
+    pub.publish_all(messages)
+    pub.wait()
+    pub.close()
+    wait_for(lambda: adapter.metric("adapter_points_written_total") == 2, 10, "the two storable points")
+    adapter.stop()
+    lines = [re.sub("^" + STAMP, "", line) for line in adapter.log_text().splitlines()]
+    assert not any(line.startswith(forged[20:]) for line in lines)  # no forged reading
+    assert f"Ignored the message by topic [UPB/Evil\\u2028{forged}]: bad_topic" in lines
+    long_topic = next(line for line in lines if line.startswith("Received a message by topic [UPB/xxx"))
+    assert long_topic.endswith("…(20004 characters)]") and len(long_topic) < 400
+    refused = "Ignored the message by topic [UPB/" + "x" * 296 + "…(20004 characters)]: station_too_long"
+    assert refused in lines
+    assert f"Ignored UPB.Keys.{'k' * 200}: key_too_long" in lines
+    assert f"Ignored UPB.Keys.BAT\\u000a{forged}: bad_name" in lines
+    assert "Ignored UPB.Keys.a\\u202eb: bad_name" in lines
+    assert "UPB.Keys.ok 4" in lines and not any("status" in line for line in lines)
+    assert "Ignored UPB.Budget.b: device_series_budget" in lines
+    assert any(line.startswith("Device UPB/Budget has 1 series (MAX_SERIES_PER_DEVICE)") for line in lines)

@@ -128,7 +128,7 @@ def test_influxdb_down_for_ten_seconds(
     stream.finish()
     wait_stored(own_influx, database, N * FIELDS)
     assert adapter.proc is not None and adapter.proc.poll() is None
-    assert adapter.metric("adapter_points_dropped_total") == 0
+    assert adapter.metric("adapter_points_dropped_total", reason="type_conflict") == 0
 
 
 @pytest.mark.slow
@@ -223,7 +223,7 @@ def test_permanent_write_error_drops_only_the_bad_points(
         "all messages handled",
     )
     wait_for(lambda: influx.count_points(database) >= 1 + 50 * FIELDS, 30, "the good points stored")
-    assert adapter.metric("adapter_points_dropped_total") == 1
+    assert adapter.metric("adapter_points_dropped_total", reason="type_conflict") == 1
     assert adapter.metric("adapter_write_errors_total", kind="permanent") >= 1
     assert [row[1] for row in influx.series('SELECT "value" FROM "Bad.w"', database)[0]["values"]] == [2.0]
     assert influx.count_points(database) == 1 + 50 * FIELDS  # Bad.w and the stream

@@ -4,19 +4,24 @@ a real InfluxDB (its own database per test), and an `api` helper that logs in an
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import secrets
+import sys
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
+import pymysql
 import pytest
+import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.test import TestResponse
 
 from auth_server import create_app
-from tests.servers import InfluxServer, MariaDBServer
+from tests.servers import REPO_ROOT, InfluxServer, ManagedServer, MariaDBServer, free_port
 
 ADMIN = "admin"
 
@@ -33,6 +38,74 @@ def mysql_database(mariadb: MariaDBServer, request: pytest.FixtureRequest) -> It
     mariadb.create_database(name)
     yield name
     mariadb.drop_database(name)
+
+
+def clean_environ() -> dict[str, str]:
+    """This process's environment without anything the auth server reads."""
+    ours = re.compile(
+        r"^(MYSQL_|JWT_|ADMIN_|INFLUXDB_|AUTH_|MQTT_|ADAPTER_MQTT_|LOGIN_|TRUSTED_PROXY_HOPS$"
+        r"|MAX_MESSAGE_BYTES$|STARTUP_TIMEOUT$|PYTHONPATH$)"
+    )
+    return {k: v for k, v in os.environ.items() if not ours.match(k)}
+
+
+class AuthServerProcess(ManagedServer):
+    """The auth server as a process: `python -m auth_server`, i.e. gunicorn."""
+
+    name = "auth_server"
+
+    def __init__(self, workdir: Path, settings: dict[str, str]) -> None:
+        super().__init__(workdir)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **clean_environ(),
+            **settings,
+            "AUTH_HOST": "127.0.0.1",
+            "AUTH_PORT": str(self.port),
+            "PYTHONPATH": str(REPO_ROOT),
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "auth_server"]
+
+    def ready(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+
+class Sql:
+    """Statements straight to a test database, as an operator (or an older version) would."""
+
+    def __init__(self, mariadb: MariaDBServer, database: str) -> None:
+        self.conn = pymysql.connect(
+            host="127.0.0.1",
+            port=mariadb.port,
+            user=mariadb.user,
+            password=mariadb.password,
+            database=database,
+            cursorclass=pymysql.cursors.DictCursor,
+            autocommit=True,
+        )
+
+    def __call__(self, statement: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        with self.conn.cursor() as cur:
+            cur.execute(statement, args)
+            return list(cur.fetchall())
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@pytest.fixture
+def sql(mariadb: MariaDBServer, mysql_database: str) -> Iterator[Sql]:
+    """The test's own accounts database."""
+    connection = Sql(mariadb, mysql_database)
+    yield connection
+    connection.close()
 
 
 @pytest.fixture

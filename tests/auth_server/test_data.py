@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from urllib.parse import quote
 
 import pytest
@@ -202,18 +203,21 @@ def test_metric_parameter_cannot_escape_the_query(api: Api, influx: InfluxServer
     _, token = api.device("dev-m", ("UPB", "S", True, True))
     _, other = api.device("dev-o", ("UPB", "T", True, True))
     assert api.call("POST", "/api/data/UPB/T", token=other, json={"SECRET": 1}).status_code == 200
-    for metric in ['x" OR 1=1 --', 'M"; SELECT * FROM /.*/; --', "\\", "'"]:
+    for metric in ['x" OR 1=1 --', 'M"; SELECT * FROM /.*/; --', "'", "\\x"]:
         response = api.call("GET", "/api/data/UPB/S", token=token, query_string={"metric": metric})
         assert response.status_code == 200, metric
         assert response.get_json()["series"] == []
+    # A name the contract never stores (a trailing backslash) is not even queried.
+    response = api.call("GET", "/api/data/UPB/S", token=token, query_string={"metric": "\\"})
+    assert response.status_code == 400
 
 
 def test_bad_path_parts_are_400(api: Api) -> None:
     _, token = api.device("dev-x", ("*", "*", True, True))
     # A control character cannot be a topic level.
     assert api.call("POST", "/api/data/UPB/a%01b", token=token, json={"A": 1}).status_code == 400
-    # An encoded slash is a third level: no such route.
-    assert api.call("POST", "/api/data/UPB/a%2Fb", token=token, json={"A": 1}).status_code == 404
+    # An encoded slash is refused outright (tests/auth_server/test_gateway.py says why).
+    assert api.call("POST", "/api/data/UPB/a%2Fb", token=token, json={"A": 1}).status_code == 400
 
 
 def test_data_api_needs_a_token(api: Api, influx: InfluxServer, database: str) -> None:
@@ -230,3 +234,102 @@ def test_influxdb_down_is_503_and_says_nothing_was_stored(api: Api, settings: di
     assert response.status_code == 503
     assert "nothing was stored" in response.get_json()["error"]
     assert down.call("GET", "/api/data/UPB/D", token=token).status_code == 503
+
+
+# --- the adapter's limits and series budget, over HTTP ------------------------------------
+
+
+def _keys(n: int, value: object = 1) -> dict[str, object]:
+    return {f"k{i}": value for i in range(n)}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("UPB/" + "S" * 129, {"BAT": 1}, "station_too_long"),
+        ("UPB/RPi_l", _keys(1_001), "too_many_keys"),
+        ("UPB/RPi_l", [{"v": i} for i in range(1_001)], "too_many_elements"),
+        ("UPB/RPi_l", [_keys(1_000, i) for i in range(11)], "too_many_points"),
+    ],
+    ids=lambda case: case[2],
+)
+def test_limits_are_the_adapters_and_refuse_the_whole_body(
+    api: Api, influx: InfluxServer, database: str, case: tuple[str, object, str]
+) -> None:
+    path, body, reason = case
+    _, token = api.device("dev-lim", ("UPB", "*", True, True))
+    response = api.call("POST", f"/api/data/{path}", token=token, json=body)
+    assert response.status_code == 400, response.get_json()
+    assert "nothing was stored" in response.get_json()["error"]
+    assert api.metric("auth_data_rejected_total", reason=reason) == 1
+    assert _points(influx, database) == 0
+
+
+def test_location_length_limit_and_long_keys(api: Api, influx: InfluxServer, database: str) -> None:
+    _, token = api.device("dev-loc", ("*", "*", True, True))
+    response = api.call("POST", f"/api/data/{'L' * 129}/S", token=token, json={"BAT": 1})
+    assert response.status_code == 400
+    assert api.metric("auth_data_rejected_total", reason="location_too_long") == 1
+    # A key over MAX_KEY_LENGTH is skipped like any other unstorable key, and said so.
+    response = api.call("POST", "/api/data/L/S", token=token, json={"k" * 129: 1, "ok": 2})
+    assert response.status_code == 200
+    assert response.get_json() == {"stored": 1, "ignored": [{"key": "k" * 129, "reason": "key_too_long"}]}
+
+
+def test_series_budget_per_device_over_http(
+    settings: dict[str, str], influx: InfluxServer, database: str
+) -> None:
+    limited = {**settings, "MAX_SERIES_PER_DEVICE": "3", "MAX_SERIES": "5"}
+    api = Api(create_app(limited).test_client(), limited)
+    _, token = api.device("dev-bud", ("UPB", "*", True, True))
+    assert api.call("POST", "/api/data/UPB/A", token=token, json={"a": 1, "b": 2}).status_code == 200
+    # All or nothing: one metric past the budget refuses the body, known or not.
+    over = api.call("POST", "/api/data/UPB/A", token=token, json={"a": 3, "c": 4, "d": 5})
+    assert over.status_code == 400
+    assert "MAX_SERIES_PER_DEVICE" in over.get_json()["error"]
+    assert api.metric("auth_data_rejected_total", reason="device_series_budget") == 1
+    # Known series and what still fits keep working.
+    assert api.call("POST", "/api/data/UPB/A", token=token, json={"a": 6, "c": 7}).status_code == 200
+    assert api.call("POST", "/api/data/UPB/B", token=token, json={"x": 1, "y": 1}).status_code == 200
+    full = api.call("POST", "/api/data/UPB/C", token=token, json={"z": 1})
+    assert full.status_code == 400
+    assert "MAX_SERIES" in full.get_json()["error"]
+    assert api.metric("auth_data_rejected_total", reason="series_budget") == 1
+    series = influx.series("SHOW SERIES", database)
+    assert sum(len(s["values"]) for s in series) == 5
+
+
+def test_series_budget_is_read_from_influxdb(
+    settings: dict[str, str], influx: InfluxServer, database: str
+) -> None:
+    # Series the adapter (or another replica) stored count against the budget of this one.
+    influx.query(f'CREATE DATABASE "{database}"')
+    lines = "\n".join(f"M{i}.v,location=UPB,station=M{i} value=1 1" for i in range(4))
+    assert influx.write(database, lines).status_code == 204
+    limited = {**settings, "MAX_SERIES": "5"}
+    api = Api(create_app(limited).test_client(), limited)
+    _, token = api.device("dev-seed", ("UPB", "*", True, True))
+    assert api.call("POST", "/api/data/UPB/M0", token=token, json={"v": 2}).status_code == 200  # known
+    assert api.call("POST", "/api/data/UPB/N", token=token, json={"v": 1}).status_code == 200  # the 5th
+    assert api.call("POST", "/api/data/UPB/O", token=token, json={"v": 1}).status_code == 400
+
+
+def test_a_body_at_every_limit_costs_little_memory(api: Api, influx: InfluxServer, database: str) -> None:
+    # The issue's 242 KB POST took a worker to 575 MB. The largest body the limits let through
+    # (10,000 points under 128-character names), and one they refuse, measured in this process.
+    _, token = api.device("dev-mem", ("*", "*", True, True))
+    name = "\u0174" * 128
+    path = f"/api/data/{quote(name)}/{quote(name)}"
+    biggest = [_keys(1_000, e) | {"timestamp": 1_700_000_000 + e} for e in range(10)]
+    refused = _keys(18_000)
+    for body, status in ((biggest, 200), (refused, 400)):
+        data = json.dumps(body).encode()
+        tracemalloc.start()
+        try:
+            response = api.call("POST", path, token=token, data=data, content_type="application/json")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert response.status_code == status
+        assert peak < 64 * 1024 * 1024, f"{peak / 2**20:.0f} MB for a {len(data) / 1024:.0f} KB body"
+    assert _points(influx, database) == 10_000

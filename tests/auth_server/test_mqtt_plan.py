@@ -3,7 +3,14 @@ client or its role disconnects it."""
 
 from __future__ import annotations
 
-from auth_server.mqtt_sync import MANAGED_MARK, describe, plan_client, plan_role, publish_acls
+from auth_server.mqtt_sync import (
+    MANAGED_MARK,
+    describe,
+    device_client_id,
+    plan_client,
+    plan_role,
+    publish_acls,
+)
 from auth_server.policy import Account, Permission, Role
 
 ROLE = "iot-device:dev"
@@ -15,7 +22,7 @@ def test_rights_become_publish_acls() -> None:
         username="dev",
         role=Role.DEVICE,
         enabled=True,
-        token_version=0,
+        token_key=None,
         permissions=(
             Permission("UPB", "RPi_1", read=True, write=True),
             Permission("UPB", "*", read=False, write=True),
@@ -66,3 +73,21 @@ def test_differences_are_fixed() -> None:
 def test_commands_are_logged_without_passwords() -> None:
     command = {"command": "setClientPassword", "username": "dev", "password": "pw-12345678"}
     assert describe(command) == "setClientPassword dev"
+
+
+def test_a_device_is_bound_to_its_own_client_id() -> None:
+    create = plan_client("dev", None, ROLE, enabled=True, password="pw", clientid="dev")
+    assert create[0]["clientid"] == "dev"
+    unbound = {"username": "dev", "roles": [{"rolename": ROLE}]}
+    assert plan_client("dev", unbound, ROLE, enabled=True, password=None, clientid="dev") == [
+        {"command": "setClientId", "username": "dev", "clientid": "dev"}
+    ]
+    other = {**unbound, "clientid": "someone-else"}
+    assert [c["command"] for c in plan_client("dev", other, ROLE, True, None, clientid="dev")] == [
+        "setClientId"
+    ]
+    bound = {**unbound, "clientid": "dev"}
+    assert plan_client("dev", bound, ROLE, enabled=True, password=None, clientid="dev") == []
+    # Without a client id to bind (the adapter: one account for all its replicas) it is left alone.
+    assert plan_client("adapter", other, ROLE, enabled=True, password=None) == []
+    assert device_client_id("rpi-1") == "rpi-1"

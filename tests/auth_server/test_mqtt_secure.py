@@ -20,12 +20,13 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+import requests
 from paho.mqtt.reasoncodes import ReasonCode
 
 from auth_server import create_app
 from auth_server.config import AuthConfig
 from auth_server.mqtt_sync import MqttAccountSync, MqttSyncError
-from tests.auth_server.conftest import ADMIN, Api, new_password
+from tests.auth_server.conftest import ADMIN, Api, AuthServerProcess, new_password
 from tests.conftest import _track
 from tests.servers import (
     REPO_ROOT,
@@ -58,6 +59,9 @@ def _plugin_path() -> str:
 def secure_config(port: int, workdir: Path) -> str:
     """The stack's secure broker configuration with this test's port, paths and plugin."""
     text = (REPO_ROOT / "mosquitto_mqtt_vol" / "mosquitto-secure.conf").read_text()
+    # Only the plain listener: the TLS one (8883) is tested in tests/stack/test_mosquitto_conf.py.
+    text, tls = re.subn(r"^listener 8883\n(?:(?:certfile|keyfile|tls_version) .*\n)*", "", text, flags=re.M)
+    assert tls == 1, "the TLS listener of mosquitto-secure.conf changed"
     replacements = {
         r"^listener .*$": f"listener {port} 127.0.0.1",
         r"^plugin .*$": f"plugin {_plugin_path()}",
@@ -141,24 +145,36 @@ def adapter(
 
 
 class Device:
-    """An MQTT 5 device client: connect result, per-message PUBACK reason codes, disconnects."""
+    """An MQTT 5 device client: connect result, per-message PUBACK reason codes, disconnects.
 
-    def __init__(self, port: int, username: str, password: str) -> None:
+    It connects with its username as client id, the one id the broker lets an account use,
+    unless told another one."""
+
+    def __init__(
+        self,
+        port: int,
+        username: str,
+        password: str,
+        client_id: str | None = None,
+        clean_start: bool = True,
+    ) -> None:
         self.connack: ReasonCode | None = None
         self.connected = threading.Event()
         self.disconnected = threading.Event()
         self.acks: dict[int, ReasonCode] = {}
         self._acked = threading.Condition()
+        self.received: list[mqtt.MQTTMessage] = []
         self.client = mqtt.Client(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"dev-{username}-{os.urandom(4).hex()}",
+            client_id=username if client_id is None else client_id,
             protocol=mqtt.MQTTv5,
         )
         self.client.username_pw_set(username, password)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
-        self.client.connect("127.0.0.1", port, keepalive=30)
+        self.client.on_message = lambda _c, _u, message: self.received.append(message)
+        self.client.connect("127.0.0.1", port, keepalive=30, clean_start=clean_start)
         self.client.loop_start()
         assert self.connected.wait(5), "no CONNACK"
 
@@ -191,11 +207,13 @@ class Device:
 
 
 @pytest.fixture
-def devices(secure_broker: SecureBroker) -> Iterator[Callable[[str, str], Device]]:
+def devices(secure_broker: SecureBroker) -> Iterator[Callable[..., Device]]:
     made: list[Device] = []
 
-    def connect(username: str, password: str) -> Device:
-        device = Device(secure_broker.port, username, password)
+    def connect(
+        username: str, password: str, client_id: str | None = None, clean_start: bool = True
+    ) -> Device:
+        device = Device(secure_broker.port, username, password, client_id, clean_start)
         made.append(device)
         return device
 
@@ -215,7 +233,7 @@ def _stored(influx: InfluxServer, database: str, measurement: str) -> list[list[
 def test_device_publishes_its_own_topic_and_the_adapter_stores_it(
     sapi: Api,
     adapter: AdapterProcess,
-    devices: Callable[[str, str], Device],
+    devices: Callable[..., Device],
     influx: InfluxServer,
     database: str,
 ) -> None:
@@ -233,10 +251,75 @@ def test_device_publishes_its_own_topic_and_the_adapter_stores_it(
     assert adapter.metric("adapter_messages_received_total") == 1
 
 
+def test_an_account_connects_only_with_its_own_client_id(
+    sapi: Api,
+    adapter: AdapterProcess,
+    devices: Callable[..., Device],
+    influx: InfluxServer,
+    database: str,
+) -> None:
+    thief_password, _ = sapi.device("thief", ("UPB", "Thief", False, True))
+    victim_password, _ = sapi.device("victim", ("UPB", "Victim", False, True))
+    victim = devices("victim", victim_password)
+    assert victim.accepted
+    # A device account's credentials with the adapter's client id (the documented ones and
+    # the real one), another device's, or any other id: refused before any session is touched,
+    # with a clean start (which would wipe the session) or without (which would take it over).
+    adapter_id = adapter.env["MQTT_CLIENT_ID"]
+    for client_id in ("iot-adapter", "iot-adapter-1", adapter_id, "victim", "thief-2", ""):
+        for clean_start in (False, True):
+            attempt = devices("thief", thief_password, client_id=client_id, clean_start=clean_start)
+            assert not attempt.accepted, (client_id, clean_start)
+    assert not victim.disconnected.is_set()
+    assert adapter.metric("adapter_mqtt_connected") == 1
+    assert not victim.publish("UPB/Victim", '{"BAT": 42}').is_failure
+    wait_for(lambda: _stored(influx, database, "Victim.BAT") != [], 10, "the victim's reading stored")
+    # With its own id the account works, and reads nothing of anyone (no subscribe right).
+    thief = devices("thief", thief_password)
+    assert thief.accepted
+    thief.client.subscribe("#", qos=1)
+    assert not victim.publish("UPB/Victim", '{"BAT": 43}').is_failure
+    wait_for(lambda: len(_stored(influx, database, "Victim.BAT")) == 2, 10, "the second reading stored")
+    assert thief.received == []
+
+
+def test_the_adapter_clears_retained_messages_in_secure_mode(
+    sapi: Api,
+    adapter: AdapterProcess,
+    devices: Callable[..., Device],
+    influx: InfluxServer,
+    database: str,
+) -> None:
+    password, _ = sapi.device("keeper", ("UPB", "Keeper", False, True))
+    device = devices("keeper", password)
+    device.client.publish("UPB/Keeper", '{"BAT": 7}', qos=1, retain=True).wait_for_publish(5)
+    wait_for(lambda: adapter.metric("adapter_retained_cleared_total") == 1, 10, "the retained one cleared")
+    assert [v for _, v in _stored(influx, database, "Keeper.BAT")] == [7.0]
+    # A new subscriber (the plugin's admin may read everything) is sent no retained message:
+    # those would come right after its SUBACK, before any later message such as the answer
+    # to a dynamic-security command. (The clear is on its way when the counter moves.)
+    sync = MqttAccountSync(AuthConfig.from_env(sapi.settings))
+
+    def retained_seen_by_a_new_subscriber() -> list[str]:
+        probe = devices(DYNSEC_ADMIN, sapi.settings["MQTT_ADMIN_PASSWORD"], client_id="retained-probe")
+        probe.client.subscribe([("UPB/#", 1), ("$CONTROL/dynamic-security/v1/response", 1)])
+
+        def answer_seen() -> bool:
+            with sync.connect() as conn:
+                conn.run_checked([{"command": "listRoles", "count": 1, "offset": 0}])
+            return any(m.topic.endswith("/response") for m in probe.received)
+
+        wait_for(answer_seen, 10, "the probe to be subscribed")
+        probe.close()
+        return [m.topic for m in probe.received if m.retain]
+
+    wait_for(lambda: retained_seen_by_a_new_subscriber() == [], 10, "no retained message left")
+
+
 def test_wildcard_write_rights_become_topic_wildcards(
     sapi: Api,
     adapter: AdapterProcess,
-    devices: Callable[[str, str], Device],
+    devices: Callable[..., Device],
     influx: InfluxServer,
     database: str,
 ) -> None:
@@ -251,9 +334,7 @@ def test_wildcard_write_rights_become_topic_wildcards(
     assert [v for _, v in _stored(influx, database, "S1.V")] == [1.0]
 
 
-def test_wrong_password_or_unknown_user_cannot_connect(
-    sapi: Api, devices: Callable[[str, str], Device]
-) -> None:
+def test_wrong_password_or_unknown_user_cannot_connect(sapi: Api, devices: Callable[..., Device]) -> None:
     password, _ = sapi.device("rpi-pw", ("UPB", "RPi_pw", False, True))
     assert devices("rpi-pw", password).accepted
     assert not devices("rpi-pw", password + "x").accepted
@@ -262,9 +343,7 @@ def test_wrong_password_or_unknown_user_cannot_connect(
     assert not devices(ADMIN, sapi.settings["ADMIN_PASSWORD"]).accepted
 
 
-def test_deleting_the_account_ends_its_session_at_once(
-    sapi: Api, devices: Callable[[str, str], Device]
-) -> None:
+def test_deleting_the_account_ends_its_session_at_once(sapi: Api, devices: Callable[..., Device]) -> None:
     password, _ = sapi.device("rpi-del", ("UPB", "RPi_del", False, True))
     device = devices("rpi-del", password)
     assert device.accepted and not device.disconnected.is_set()
@@ -274,7 +353,7 @@ def test_deleting_the_account_ends_its_session_at_once(
     assert not devices("rpi-del", password).accepted
 
 
-def test_disabling_kicks_and_enabling_restores(sapi: Api, devices: Callable[[str, str], Device]) -> None:
+def test_disabling_kicks_and_enabling_restores(sapi: Api, devices: Callable[..., Device]) -> None:
     password, _ = sapi.device("rpi-dis", ("UPB", "RPi_dis", False, True))
     device = devices("rpi-dis", password)
     assert device.accepted
@@ -287,9 +366,7 @@ def test_disabling_kicks_and_enabling_restores(sapi: Api, devices: Callable[[str
     assert devices("rpi-dis", password).accepted
 
 
-def test_password_and_permission_changes_reach_the_broker(
-    sapi: Api, devices: Callable[[str, str], Device]
-) -> None:
+def test_password_and_permission_changes_reach_the_broker(sapi: Api, devices: Callable[..., Device]) -> None:
     password, _ = sapi.device("rpi-chg", ("UPB", "A", False, True))
     device = devices("rpi-chg", password)
     assert not device.publish("UPB/A", "{}").is_failure
@@ -316,9 +393,7 @@ def test_password_and_permission_changes_reach_the_broker(
     assert device.publish("UPB/C", "{}").is_failure  # read right only
 
 
-def test_role_change_to_admin_removes_the_broker_client(
-    sapi: Api, devices: Callable[[str, str], Device]
-) -> None:
+def test_role_change_to_admin_removes_the_broker_client(sapi: Api, devices: Callable[..., Device]) -> None:
     password, _ = sapi.device("rpi-adm", ("UPB", "X", False, True))
     device = devices("rpi-adm", password)
     assert (
@@ -342,7 +417,7 @@ def test_broker_account_names_are_reserved(sapi: Api) -> None:
 
 
 def test_broker_down_means_503_and_no_change(
-    sapi: Api, secure_broker: SecureBroker, devices: Callable[[str, str], Device]
+    sapi: Api, secure_broker: SecureBroker, devices: Callable[..., Device]
 ) -> None:
     password, _ = sapi.device("rpi-keep", ("UPB", "K", False, True))
     secure_broker.server.stop()
@@ -361,7 +436,7 @@ def test_reconcile_at_start_repairs_the_broker(
     secure_settings: dict[str, str],
     settings: dict[str, str],
     mariadb: MariaDBServer,
-    devices: Callable[[str, str], Device],
+    devices: Callable[..., Device],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Accounts made while the server ran without secure mode: the broker knows nothing of them.
@@ -424,7 +499,7 @@ def test_broker_exporter_account_reads_statistics_and_nothing_else(
 
 
 def test_a_second_start_changes_nothing_and_kicks_nobody(
-    secure_settings: dict[str, str], sapi: Api, adapter: AdapterProcess, devices: Callable[[str, str], Device]
+    secure_settings: dict[str, str], sapi: Api, adapter: AdapterProcess, devices: Callable[..., Device]
 ) -> None:
     password, _ = sapi.device("steady", ("UPB", "S", False, True))
     device = devices("steady", password)
@@ -495,4 +570,54 @@ def test_reconcile_handles_many_accounts(
     clients = {c["username"]: c for c in answer["data"]["clients"]}
     assert {f"bulk-{i:02d}" for i in range(60)} <= set(clients)
     assert clients["bulk-59"]["roles"] == [{"rolename": "iot-device:bulk-59"}]
+    assert clients["bulk-59"]["clientid"] == "bulk-59"
     assert ADAPTER in clients and DYNSEC_ADMIN in clients
+
+
+def test_a_generated_password_opens_the_broker_too(sapi: Api, devices: Callable[[str, str], Device]) -> None:
+    """The broker has no lockout of its own: a generated password (192 random bits) is what
+    makes guessing it hopeless. Created and rotated by the API, it reaches the broker."""
+    perms = [{"location": "UPB", "station": "Gen", "read": False, "write": True}]
+    created = sapi.call(
+        "POST", "/api/accounts", token=sapi.admin_token, json={"username": "gen", "permissions": perms}
+    )
+    assert created.status_code == 201
+    first = created.get_json()["password"]
+    device = devices("gen", first)
+    assert not device.publish("UPB/Gen", '{"V": 1}').is_failure
+    rotated = sapi.call(
+        "PATCH", "/api/accounts/gen", token=sapi.admin_token, json={"generate_password": True}
+    )
+    second = rotated.get_json()["password"]
+    assert device.disconnected.wait(1.0)
+    assert not devices("gen", first).accepted
+    assert devices("gen", second).accepted
+
+
+def test_the_gevent_server_keeps_the_broker_in_step(
+    secure_settings: dict[str, str], devices: Callable[[str, str], Device], tmp_path: Path
+) -> None:
+    """`python -m auth_server` (gunicorn, gevent): paho's network loop runs on gevent's patched
+    sockets and threads there, and still gets each change to the broker before answering."""
+    server = AuthServerProcess(tmp_path / "gunicorn", secure_settings)
+    server.start()
+    _track(server)
+    try:
+        admin = requests.post(
+            f"{server.url}/api/auth/login",
+            json={"username": ADMIN, "password": secure_settings["ADMIN_PASSWORD"]},
+            timeout=20,
+        ).json()["access_token"]
+        headers = {"Authorization": f"Bearer {admin}"}
+        perms = [{"location": "UPB", "station": "G1", "read": False, "write": True}]
+        body = {"username": "gev-dev", "permissions": perms}
+        created = requests.post(f"{server.url}/api/accounts", json=body, headers=headers, timeout=20)
+        assert created.status_code == 201
+        device = devices("gev-dev", created.json()["password"])
+        assert not device.publish("UPB/G1", '{"V": 1}').is_failure
+        gone = requests.delete(f"{server.url}/api/accounts/gev-dev", headers=headers, timeout=20)
+        assert gone.status_code == 204
+        assert device.disconnected.wait(1.0)
+    finally:
+        server.stop()
+    assert server.proc is not None and server.proc.returncode == 0

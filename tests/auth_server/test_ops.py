@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import pytest
 from flask import Flask
 
+from auth_server import create_app, db
 from tests.auth_server.conftest import ADMIN, Api
 from tests.servers import MariaDBServer
 
@@ -128,3 +130,25 @@ def test_openapi_is_self_consistent(api: Api) -> None:
                 assert "401" in operation["responses"], (path, method)
     login = spec["paths"]["/api/auth/login"]["post"]["responses"]
     assert {"200", "400", "401"} <= set(login)
+
+
+def test_requests_wait_for_one_of_mysql_max_connections(
+    settings: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server holds far more requests than MySQL takes connections: beyond
+    MYSQL_MAX_CONNECTIONS they wait, and after a while get 503 instead of MySQL's refusal."""
+    app = create_app({**settings, "MYSQL_MAX_CONNECTIONS": "2"})
+    monkeypatch.setattr(db, "CONNECTION_WAIT_S", 0.2)
+    slots = app.extensions["mysql_slots"]
+    client = app.test_client()
+    assert client.get("/healthz").status_code == 200
+    # Both connections taken, as two requests in flight would.
+    assert slots.acquire(timeout=0)
+    assert slots.acquire(timeout=0)
+    busy = client.get("/healthz")
+    assert busy.status_code == 503
+    assert busy.get_json()["checks"]["mysql"] == "unavailable: DatabaseUnavailableError"
+    slots.release()
+    assert client.get("/healthz").status_code == 200
+    # The request gave its connection back: one slot is free again.
+    assert slots.acquire(timeout=0)

@@ -13,7 +13,7 @@ SCRIPT = REPO_ROOT / "database" / "init_influx_db.sh"
 def run_script(
     influx: InfluxServer, database: str, *, sourced: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    require_binary("influx")  # the CLI the script uses
+    require_binary("curl")  # what the script talks to InfluxDB with
     env = {**os.environ, "INFLUXDB_DATABASE": database}
     if sourced:
         # As the influxdb image runs it: sourced by its entrypoint, with the port it uses.

@@ -4,9 +4,14 @@
 
 PHASE is one of
   deployed        the first deployment: data flow, init script, auth server, Prometheus,
-                  phpMyAdmin, the stack's simulator, published ports, who reaches whom;
+                  Kong's clients' addresses, phpMyAdmin and MySQL's root, the stack's
+                  simulator, published ports, who reaches whom;
   before-removal  records every stored point, then queues messages for the stopped adapter;
   redeployed      after `docker stack rm` and ./run.sh: all of it is still there;
+  before-backup   a dashboard edit in Grafana; messages queued for an absent persistent session;
+  backup          runs the copy's ./backup.sh while a simulator publishes;
+  fresh           after ./clean.sh -y and ./run.sh: a new stack, without any of that data;
+  restored        after ./restore.sh -y: the data of the moment of the backup is back;
   cleaned         after ./clean.sh -y: nothing of the stack is left (--images: what run.sh built).
 The multi-node e2e (run_e2e_multinode.sh) runs these phases too, on its own swarm:
   deployed-multinode  as `deployed`, with the adapter replicas on other nodes than the
@@ -15,11 +20,12 @@ The multi-node e2e (run_e2e_multinode.sh) runs these phases too, on its own swar
   drain           `docker node update --availability drain` mid-stream: nothing is lost;
   scaled-down     after ADAPTER_REPLICAS=1 ./run.sh: the broker holds the removed slot's share;
   scaled-up       after ADAPTER_REPLICAS=2 ./run.sh again: that share is stored;
-  secure          after ./run.sh --secure: a device account publishes, a wrong password and
-                  an anonymous client are refused, the adapters store.
+  secure          after ./run.sh --secure: a device account publishes over TLS (8883, run.sh's
+                  CA), a wrong password and an anonymous client are refused, the adapters store.
 Every check prints PASS or FAIL with what it saw; the exit status is 1 if any failed.
-Only containers of the stack, probe containers started here and 127.0.0.1 (or, on several
-nodes, the nodes' own addresses) are contacted.
+Only containers of the stack, probe containers started here, 127.0.0.1 and this machine's
+own addresses on veth pairs to network namespaces made here (or, on several nodes, the
+nodes' own addresses) are contacted.
 
 Environment (set by run_e2e_multinode.sh; unset, the stack runs on the one engine that
 DOCKER_HOST names): IOT_E2E_NODES="NAME=unix:///...sock,..." the swarm's nodes by hostname
@@ -30,8 +36,10 @@ powers a node off or on (`tests/e2e/nodes.sh`).
 from __future__ import annotations
 
 import argparse
+import base64
 import concurrent.futures
 import csv
+import datetime
 import hashlib
 import http.cookiejar
 import io
@@ -43,6 +51,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -51,6 +60,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+# The checkout's own modules, as for everything run from its root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from backup.manifest import read_manifest
 
 STACK = "iot"
 NAMESPACE_LABEL = f"com.docker.stack.namespace={STACK}"
@@ -71,24 +84,31 @@ PORTS = {
     "prometheus": 9090,
     "broker_exporter": 9234,
     "alertmanager": 9093,
+    "kong": 8000,
+    "grafana": 3000,
 }
 # CONTRACT section 6: the pairs that must talk, each sharing a network made for it. Written
 # out here, not read from stack.yml, so that the stack file is checked against the contract.
-# (Pairs with Grafana or Kong are left out with those services.)
 ALLOWED_PAIRS = {
     frozenset(pair)
     for pair in [
         ("mqtt_broker", "adapter"),
+        ("kong", "auth_server"),
+        ("prometheus", "kong"),
         ("adapter", "influxdb"),
         ("auth_server", "mysql"),
         ("mysql", "phpmyadmin"),
         ("auth_server", "influxdb"),
         ("auth_server", "mqtt_broker"),
+        ("influxdb", "grafana"),
+        ("prometheus", "grafana"),
         ("prometheus", "adapter"),
         ("prometheus", "auth_server"),
         ("prometheus", "influxdb"),
         ("prometheus", "broker_exporter"),
         ("prometheus", "alertmanager"),
+        # Grafana reads the Alertmanager's alerts and silences.
+        ("grafana", "alertmanager"),
         # The broker exporter reads the broker's $SYS statistics over MQTT.
         ("broker_exporter", "mqtt_broker"),
         # The stack's optional device simulator (0 replicas unless scaled up) talks to
@@ -96,9 +116,8 @@ ALLOWED_PAIRS = {
         ("simulator", "mqtt_broker"),
     ]
 }
-# CONTRACT section 6: published ports, by the service publishing them (80 and 8080 belong
-# to Grafana and Kong, which this deployment leaves out).
-PUBLISHED = {"mqtt_broker": 1883, "phpmyadmin": 8081}
+# CONTRACT section 6: published ports, by the service publishing them.
+PUBLISHED = {"mqtt_broker": 1883, "phpmyadmin": 8081, "kong": 8080, "grafana": 80}
 
 
 T = TypeVar("T")
@@ -262,9 +281,17 @@ def node_address(node: str) -> str:
     return docker("node", "inspect", "--format", "{{.Status.Addr}}", node).strip()
 
 
-def published_address(service: str) -> str:
+def published_addresses(service: str) -> list[str]:
     """Where a published port of the service answers: ports are published in host mode (see
-    stackfile.py), on the node running its task; on one node, 127.0.0.1."""
+    stackfile.py), on each node running a task of it (every node, for a global service); on
+    one node, 127.0.0.1."""
+    if not NODES:
+        return ["127.0.0.1"]
+    return sorted({node_address(c.node) for c in containers_of(service)})
+
+
+def published_address(service: str) -> str:
+    """The one address of a single-replica service's published port (see published_addresses)."""
     return node_address(container_of(service).node) if NODES else "127.0.0.1"
 
 
@@ -318,8 +345,8 @@ def counts_by_series(prefix: str) -> dict[str, dict[str, int]]:
     return counts
 
 
-def dump_points(pattern: str) -> tuple[int, str]:
-    """Every stored point of the measurements matching the regex: (how many, SHA-256 of all)."""
+def stored_rows(pattern: str) -> list[tuple[str, ...]]:
+    """Every stored point of the measurements matching the regex, as sorted CSV rows."""
     out = container_of("influxdb").exec(
         "influx",
         "-database",
@@ -331,7 +358,12 @@ def dump_points(pattern: str) -> tuple[int, str]:
         "-execute",
         f"SELECT * FROM /{pattern}/",
     )
-    rows = sorted(row for row in csv.reader(io.StringIO(out)) if row and row[0] != "name")
+    return sorted(tuple(row) for row in csv.reader(io.StringIO(out)) if row and row[0] != "name")
+
+
+def dump_points(pattern: str) -> tuple[int, str]:
+    """Every stored point of the measurements matching the regex: (how many, SHA-256 of all)."""
+    rows = [list(row) for row in stored_rows(pattern)]
     digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
     return len(rows), digest
 
@@ -341,23 +373,25 @@ class Simulator:
     the manager's engine, publishing to the broker's published port 1883 (on one node,
     127.0.0.1; on several, the address of the node running the broker)."""
 
-    def __init__(self, ctx: Context, name: str, *args: str, files: dict[str, str] | None = None) -> None:
-        """Starts it with these options; `files` are written to its /out folder first."""
+    def __init__(self, ctx: Context, name: str, *args: str) -> None:
+        """Starts it with these options, in a container named e2e-simulator-NAME."""
+        self.container = f"e2e-simulator-{name}"
         self.out_dir = ctx.work / "simulator" / name
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.out_dir.chmod(0o777)  # the image runs as its own non-root user
-        for file_name, content in (files or {}).items():
-            (self.out_dir / file_name).write_text(content, encoding="utf-8")
-            (self.out_dir / file_name).chmod(0o644)
         self.proc = subprocess.Popen(
             [
                 "docker", "run", "--rm", "--network", "host", "--label", f"{PROBE_LABEL}=simulator",
-                "-v", f"{self.out_dir}:/out", ctx.simulator_image,
+                "--name", self.container, "-v", f"{self.out_dir}:/out", ctx.simulator_image,
                 "--host", published_address("mqtt_broker"), "--port", "1883", "--locations", LOCATION,
                 "--quiet", "--summary-json", "/out/summary.json", *args,
             ],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
+
+    def stop(self) -> None:
+        """SIGTERM: it stops producing and waits for its last acknowledgements."""
+        docker("kill", "--signal", "TERM", self.container, check=False)
 
     def exit_status(self, timeout: float = 300) -> tuple[int, str]:
         try:
@@ -380,7 +414,7 @@ class Simulator:
 
 
 def run_simulator(ctx: Context, name: str, *args: str) -> dict[str, Any]:
-    """Runs the simulator to its end (see Simulator); returns its JSON summary."""
+    """Runs the simulator to its end (--count or --duration); returns its JSON summary."""
     return Simulator(ctx, name, *args).summary()
 
 
@@ -458,7 +492,7 @@ def check_services_running(ctx: Context) -> str:
     idle = [name for name, (_, desired) in services.items() if not desired]
     return (
         f"{', '.join(running_services())} each run their task; {', '.join(idle) or 'none'} at 0 replicas "
-        "as stack.yml says; grafana and kong left out"
+        "as stack.yml says"
     )
 
 
@@ -475,11 +509,11 @@ def check_published_ports(ctx: Context) -> str:
     wanted = {service: [port] for service, port in PUBLISHED.items()}
     if published != wanted:
         raise CheckFailedError(f"published ports {published}, expected exactly {wanted}")
-    where = {service: f"{published_address(service)}:{port}" for service, port in PUBLISHED.items()}
-    closed = [at for at in where.values() if not tcp_open(*at.rsplit(":", 1))]
+    where = [f"{at}:{port}" for service, port in PUBLISHED.items() for at in published_addresses(service)]
+    closed = [at for at in where if not tcp_open(*at.rsplit(":", 1))]
     if closed:
         raise CheckFailedError(f"nothing answers on {closed}")
-    return f"exactly {pretty(wanted)}, and each answers ({', '.join(where.values())})"
+    return f"exactly {pretty(wanted)}, and each answers ({', '.join(where)})"
 
 
 def check_influx_init_script(ctx: Context) -> str:
@@ -605,7 +639,16 @@ def check_prometheus(ctx: Context) -> str:
     def targets() -> dict[str, float]:
         return {r["metric"]["job"]: float(r["value"][1]) for r in prometheus_query("up")}
 
-    wanted = {"adapter", "auth_server", "influxdb", "prometheus", "broker_exporter", "alertmanager"}
+    wanted = {
+        "adapter",
+        "auth_server",
+        "influxdb",
+        "kong",
+        "grafana",
+        "prometheus",
+        "broker_exporter",
+        "alertmanager",
+    }
     up = poll("scrape targets", targets, lambda t: all(t.get(job) == 1 for job in wanted), 120)
     if not all(up.get(job) == 1 for job in wanted):
         raise CheckFailedError(f"up by job: {up}; expected 1 for {sorted(wanted)}")
@@ -641,15 +684,14 @@ def check_prometheus(ctx: Context) -> str:
     sent = prometheus_query("sum(prometheus_notifications_sent_total)")
     return (
         f"{', '.join(sorted(wanted))} are up; adapter_points_written_total {total:.0f}; broker statistics "
-        f"live; the Alertmanager discovered ({pretty(sent)} notifications sent); other jobs {others} "
-        "(Grafana and Kong are left out)"
+        f"live; the Alertmanager discovered ({pretty(sent)} notifications sent); other jobs {others}"
     )
 
 
 def check_phpmyadmin(ctx: Context) -> str:
     base = f"http://{published_address('phpmyadmin')}:{PUBLISHED['phpmyadmin']}"
 
-    def login(password: str) -> str:
+    def login(password: str, user: str = "auth_server") -> str:
         jar = http.cookiejar.CookieJar()
         opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
         page = opener.open(base + "/", timeout=30).read().decode()
@@ -657,7 +699,7 @@ def check_phpmyadmin(ctx: Context) -> str:
         if token is None:
             raise CheckFailedError(f"no login form on {base}/")
         form = {
-            "pma_username": "auth_server",
+            "pma_username": user,
             "pma_password": password,
             "server": "1",
             "token": token.group(1),
@@ -672,9 +714,127 @@ def check_phpmyadmin(ctx: Context) -> str:
     refused = login("wrong-" + secrets.token_hex(4))
     if "Access denied" not in refused:
         raise CheckFailedError("a wrong MySQL password was not refused")
+    # MySQL's root, with its right password: phpMyAdmin refuses the name itself (AllowRoot).
+    as_root = login(ctx.secret("mysql_root_password"), user="root")
+    if "Server version" in as_root or "iot_accounts" in as_root or "Access denied" not in as_root:
+        raise CheckFailedError("phpMyAdmin let MySQL's root log in")
     return (
         f"logged in through {base.removeprefix('http://')} as auth_server, sees iot_accounts on "
-        f"{version.group(1).strip() if version else 'MySQL'}; a wrong password is refused"
+        f"{version.group(1).strip() if version else 'MySQL'}; a wrong password is refused, and so is "
+        "root with the right one"
+    )
+
+
+# PHP run by phpMyAdmin's own interpreter, given on standard input (never as an argument):
+# MySQL's root, with the right password, from phpMyAdmin's container.
+ROOT_FROM_PHPMYADMIN = """<?php
+mysqli_report(MYSQLI_REPORT_OFF);
+$db = @new mysqli(getenv('PMA_HOST'), 'root', %s, '', (int) getenv('PMA_PORT'));
+echo json_encode(['errno' => $db->connect_errno, 'error' => $db->connect_error]);
+"""
+# Inside the mysql container, over its socket: the password on standard input.
+ROOT_INSIDE_MYSQL = (
+    "IFS= read -r password; client=$(command -v mysql || command -v mariadb); "
+    'MYSQL_PWD=$password exec "$client" -uroot -N -e "SELECT CURRENT_USER()"'
+)
+
+
+def php_string(value: str) -> str:
+    """A single-quoted PHP string literal (no interpolation; backslash and quote escaped)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def check_mysql_root_only_inside_its_container(ctx: Context) -> str:
+    password = ctx.secret("mysql_root_password")
+    from_phpmyadmin = json.loads(
+        container_of("phpmyadmin").exec("php", stdin=ROOT_FROM_PHPMYADMIN % php_string(password))
+    )
+    if from_phpmyadmin["errno"] != 1045:
+        raise CheckFailedError(
+            f"root from phpMyAdmin's container was not refused by MySQL: {from_phpmyadmin}"
+        )
+    inside = container_of("mysql").exec("sh", "-c", ROOT_INSIDE_MYSQL, stdin=password + "\n")
+    if inside.strip() != "root@localhost":
+        raise CheckFailedError(f"root could not log in inside the mysql container: {inside!r}")
+    return (
+        f"MySQL refuses root from phpMyAdmin's container ({from_phpmyadmin['error']}); "
+        "root logs in only inside the mysql container (root@localhost)"
+    )
+
+
+# Two clients of their own on this machine, each in a network namespace with its own address
+# and a veth pair to the host, reaching Kong's published port the way clients on a network
+# do (through the host's own address, not loopback, where Docker's proxy would connect for
+# them). Addresses from the benchmarking range, outside the overlay pool the e2e guards.
+# On several nodes the veth pairs start in the LAN's namespace (where the checks run, and
+# which routes between the nodes), and the clients reach Kong on the nodes' addresses, one
+# node each in turn.
+CLIENTS = {"iot-e2e-a": ("198.18.1.1", "198.18.1.2"), "iot-e2e-b": ("198.18.2.1", "198.18.2.2")}
+FORGED = "203.0.113.7"  # what both clients claim to be, in X-Forwarded-For
+FETCH = (
+    "import sys, urllib.request as u; "
+    "r = u.Request(sys.argv[1], headers={'X-Forwarded-For': sys.argv[2], 'X-Real-IP': sys.argv[2]}); "
+    "print(u.urlopen(r, timeout=10).read().decode())"
+)
+
+
+def ip(*args: str) -> None:
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30, check=False)
+    if proc.returncode != 0:
+        raise CheckFailedError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
+
+
+def add_client(name: str, host_address: str, client_address: str) -> None:
+    ip("netns", "add", name)
+    ip("link", "add", f"{name}-h", "type", "veth", "peer", "name", f"{name}-c")
+    ip("link", "set", f"{name}-c", "netns", name)
+    ip("addr", "add", f"{host_address}/30", "dev", f"{name}-h")
+    ip("link", "set", f"{name}-h", "up")
+    for command in (
+        ["addr", "add", f"{client_address}/30", "dev", f"{name}-c"],
+        ["link", "set", f"{name}-c", "up"],
+        ["link", "set", "lo", "up"],
+        ["route", "add", "default", "via", host_address],
+    ):
+        ip("netns", "exec", name, "ip", *command)
+
+
+def check_kong_client_addresses(ctx: Context) -> str:
+    spec = json.loads(docker("service", "inspect", "--format", "{{json .Spec}}", f"{STACK}_kong"))
+    ports = spec["EndpointSpec"]["Ports"]
+    if "Global" not in spec["Mode"] or [p["PublishMode"] for p in ports] != ["host"]:
+        raise CheckFailedError(f"kong runs {spec['Mode']} with ports {ports}: expected global, host mode")
+    seen = {}
+    kong_nodes = published_addresses("kong") if NODES else []
+    try:
+        for n, (name, (host_address, client_address)) in enumerate(CLIENTS.items()):
+            add_client(name, host_address, client_address)
+            kong = kong_nodes[n % len(kong_nodes)] if kong_nodes else host_address
+            url = f"http://{kong}:{PUBLISHED['kong']}/api/auth/login"
+            proc = subprocess.run(
+                ["ip", "netns", "exec", name, sys.executable, "-c", FETCH, url, FORGED],
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            if proc.returncode != 0:
+                raise CheckFailedError(
+                    f"{client_address} could not reach {url}: {proc.stderr.strip()[-500:]}"
+                )
+            seen[client_address] = json.loads(proc.stdout)
+            seen[client_address]["kong"] = kong
+    finally:
+        for name in CLIENTS:
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=30, check=False)
+    addresses = {client: answer["client"] for client, answer in seen.items()}
+    if addresses != {client: client for client in seen}:
+        raise CheckFailedError(f"Kong's port saw {addresses} (client -> address seen): rewritten")
+    forwarded = {answer["forwarding_headers"].get("X-Forwarded-For") for answer in seen.values()}
+    if forwarded != {FORGED}:
+        raise CheckFailedError(f"the forwarding header did not arrive as sent: {forwarded}")
+    return (
+        f"kong is global with its port in host mode; two clients reached port {PUBLISHED['kong']} "
+        f"(at {', '.join(sorted({answer['kong'] for answer in seen.values()}))}) and each "
+        f"was seen with its own address ({', '.join(sorted(addresses))}), whatever X-Forwarded-For said: "
+        "the address Kong's limits count by (tests/kong/test_client_addresses.py)"
     )
 
 
@@ -1266,7 +1426,66 @@ def check_scaled_up(ctx: Context) -> str:
     )
 
 
+# --- The secure profile (./run.sh --secure) -----------------------------------------
+#
+# Devices reach the broker only over TLS on its published 8883 (1883 stays inside the
+# stack's networks), each account with its username as client id.
+
 SECURE_STATION = "secure-1"
+SECURE_USER = "e2e-secure"
+SECURE_READINGS = 200
+SECURE_MQTT_PORT = 8883
+
+
+@dataclass(frozen=True)
+class TlsSession:
+    connack: str  # the broker's answer to CONNECT
+    acked: int  # readings the broker acknowledged
+
+
+def tls_device(ctx: Context, username: str | None, password: str | None, readings: int = 0) -> TlsSession:
+    """A device of the secure profile: MQTT over TLS to the broker's published port at the
+    address of the node running it, the certificate verified against the CA run.sh made
+    (and for that address); it publishes `readings` QoS 1 readings of SECURE_STATION."""
+    import paho.mqtt.client as mqtt  # the checks' Python (.venv) has it; the module needs it only here
+
+    client = mqtt.Client(
+        callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+        client_id=username or "e2e-anonymous",
+        protocol=mqtt.MQTTv311,
+    )
+    client.tls_set(ca_certs=str(ctx.copy / ".state" / "swarm" / "tls" / "ca.crt"))
+    if username is not None:
+        client.username_pw_set(username, password)
+    answered = threading.Event()
+    connack: list[str] = []
+    client.on_connect = lambda _c, _u, _f, reason, _p: (connack.append(str(reason)), answered.set())
+    client.connect(published_address("mqtt_broker"), SECURE_MQTT_PORT, keepalive=30)
+    client.loop_start()
+    try:
+        if not answered.wait(30):
+            raise CheckFailedError(f"no CONNACK over TLS within 30s ({username or 'anonymous'})")
+        if connack[0] != "Success" or not readings:
+            return TlsSession(connack[0], 0)
+        first = time.time() - readings
+        sent = [
+            client.publish(
+                f"{LOCATION}/{SECURE_STATION}",
+                json.dumps({"TEMP": 20 + n / 10, "timestamp": iso_time(first + n)}),
+                qos=1,
+            )
+            for n in range(readings)
+        ]
+        for message in sent:
+            message.wait_for_publish(60)
+        return TlsSession(connack[0], sum(message.is_published() for message in sent))
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def iso_time(epoch_s: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch_s, datetime.UTC).isoformat()
 
 
 def check_secure_device_publishes(ctx: Context) -> str:
@@ -1275,23 +1494,23 @@ def check_secure_device_publishes(ctx: Context) -> str:
     steps = [
         {"name": "admin", "method": "POST", "path": "/api/auth/login", "json": admin},
         {"name": "create", "method": "POST", "path": "/api/accounts", "auth": "admin", "json": {
-            "username": "e2e-secure", "password": password, "role": "device",
+            "username": SECURE_USER, "password": password, "role": "device",
             "permissions": [{"location": LOCATION, "station": SECURE_STATION, "read": True, "write": True}]}},
     ]  # fmt: skip
     results = http_probe(ctx, "kong_auth", f"http://auth_server:{PORTS['auth_server']}", steps)
     expect_status(results, "admin", 200)
     expect_status(results, "create", 201)
     ctx.save_state(secure_password=password)
-    summary = Simulator(
-        ctx, "secure", "--devices", "1", "--station-prefix", SECURE_STATION.removesuffix("1"),
-        "--count", "200", "--rate", "0", "--username", "e2e-secure", "--password-file", "/out/password",
-        files={"password": password},
-    ).summary()  # fmt: skip
-    if summary["messages_refused"]:
-        raise CheckFailedError(
-            f"the broker refused some of the device's messages: {summary['messages_refused']}"
-        )
-    expected = summary["series"]
+    # The auth server hands the account to the broker's dynamic security a moment later.
+    session = poll(
+        "the account admitted",
+        lambda: tls_device(ctx, SECURE_USER, password, SECURE_READINGS),
+        lambda s: s.connack == "Success",
+        60,
+    )
+    if session.connack != "Success" or session.acked != SECURE_READINGS:
+        raise CheckFailedError(f"the device's TLS session: {session}, expected {SECURE_READINGS} acked")
+    expected = {f"{LOCATION}/{SECURE_STATION}": {"TEMP": SECURE_READINGS}}
     stored = poll("secure values", lambda: counts_by_series(SECURE_STATION), lambda c: c == expected, 90)
     if stored != expected:
         raise CheckFailedError(f"InfluxDB holds {pretty(stored)}, the device sent {pretty(expected)}")
@@ -1302,67 +1521,249 @@ def check_secure_device_publishes(ctx: Context) -> str:
     if not connected or any(values.get("") != 1.0 for values in connected):
         raise CheckFailedError(f"adapter_mqtt_connected per replica: {connected}")
     return (
-        f"account e2e-secure created through the auth server; it published {summary['messages_sent']} "
-        f"messages as {LOCATION}/{SECURE_STATION}, all acked, all {summary['values']} values stored by "
-        f"{len(connected)} adapter replicas logged in to the broker"
+        f"account {SECURE_USER} created through the auth server; over TLS to "
+        f"{published_address('mqtt_broker')}:{SECURE_MQTT_PORT} (run.sh's CA, the node's address in "
+        f"the certificate) it published {SECURE_READINGS} readings as {LOCATION}/{SECURE_STATION}, all "
+        f"acked, all stored by {len(connected)} adapter replicas logged in to the broker"
     )
 
 
 def check_secure_refuses_strangers(ctx: Context) -> str:
     password = ctx.need("secure_password")
-    seen = {}
-    for name, args, files in [
-        (
-            "wrong password",
-            ["--username", "e2e-secure", "--password-file", "/out/password"],
-            {"password": "not-" + password},
-        ),
-        ("no account", [], {}),
-    ]:
-        simulator = Simulator(
-            ctx, f"secure-{name.replace(' ', '-')}", "--devices", "1", "--station-prefix", "stranger-",
-            "--count", "5", "--rate", "0", "--connect-timeout", "5", *args, files=files,
+    seen = {
+        "wrong password": tls_device(ctx, SECURE_USER, "not-" + password, 5),
+        "no account": tls_device(ctx, None, None, 5),
+    }
+    admitted = {name: session for name, session in seen.items() if session.connack == "Success"}
+    if admitted:
+        raise CheckFailedError(f"the broker admitted {admitted}")
+    plain = f"{published_address('mqtt_broker')}:1883"
+    if tcp_open(*plain.rsplit(":", 1)):
+        raise CheckFailedError(f"plain MQTT answers on {plain} in the secure profile")
+    return (
+        "; ".join(f"{name}: refused over TLS ({session.connack})" for name, session in seen.items())
+        + f"; plain MQTT is not published ({plain} closed)"
+    )
+
+
+# --- Backup and restore --------------------------------------------------------------
+#
+# before-backup and backup run on the redeployed stack; then run_e2e.sh removes it with its
+# data and secrets (./clean.sh -y), deploys a new one (./run.sh), checks it is empty (fresh),
+# restores the archive (./restore.sh -y) and checks what came back (restored).
+
+GRAFANA_URL = f"http://127.0.0.1:{PUBLISHED['grafana']}"
+EDITED_DASHBOARD = {
+    "uid": "e2e-edited",
+    "title": "Edited before the backup",
+    "panels": [{"id": 1, "type": "timeseries", "title": "BAT of every E2E device"}],
+}
+# Three levels, so not a device topic: the adapter refuses it, and only the absent session keeps it.
+QUEUE_TOPIC = "e2e-queue/absent/session"
+QUEUE_CLIENT = "e2e-absent-session"
+QUEUED_MESSAGES = 25
+# Their containers must not change while a backup runs: the backup is online.
+ONLINE = ("mqtt_broker", "influxdb", "mysql", "grafana", "adapter", "auth_server")
+
+
+def grafana_call(method: str, path: str, password: str, body: Any = None) -> tuple[int, Any]:
+    """Grafana's HTTP API through its published port, as the user `assistant`."""
+    token = base64.b64encode(f"assistant:{password}".encode()).decode()
+    request = urllib.request.Request(
+        GRAFANA_URL + path,
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+def mqtt_session(ctx: Context, *args: str) -> str:
+    """tests/e2e/mqtt_session.py in the simulator's image (it has paho-mqtt), on the host's network."""
+    return docker(
+        "run", "--rm", "--network", "host", "--label", f"{PROBE_LABEL}=mqtt-session",
+        "-v", f"{HERE / 'mqtt_session.py'}:/mqtt_session.py:ro", "--entrypoint", "python3",
+        ctx.simulator_image, "/mqtt_session.py", "--port", "1883", *args,
+        timeout=180,
+    )  # fmt: skip
+
+
+def check_grafana_edit(ctx: Context) -> str:
+    password = ctx.secret("grafana_admin_password")
+    status, body = grafana_call("POST", "/api/dashboards/db", password, {"dashboard": EDITED_DASHBOARD})
+    if status != 200:
+        raise CheckFailedError(f"saving a dashboard: HTTP {status}: {body}")
+    status, read = grafana_call("GET", f"/api/dashboards/uid/{EDITED_DASHBOARD['uid']}", password)
+    if status != 200 or read["dashboard"]["title"] != EDITED_DASHBOARD["title"]:
+        raise CheckFailedError(f"the saved dashboard reads back as HTTP {status}: {read}")
+    ctx.save_state(grafana_password=password, dashboard_version=body["version"])
+    return f"dashboard {EDITED_DASHBOARD['uid']} saved through port 80 (version {body['version']})"
+
+
+def check_queue_for_absent_session(ctx: Context) -> str:
+    mqtt_session(ctx, "subscribe", QUEUE_CLIENT, QUEUE_TOPIC)
+    payloads = [f"queued {n} {secrets.token_hex(4)}" for n in range(QUEUED_MESSAGES)]
+    container_of("mqtt_broker").exec(
+        "mosquitto_pub", "-h", "127.0.0.1", "-p", "1883", "-q", "1", "-t", QUEUE_TOPIC, "-l",
+        stdin="\n".join(payloads) + "\n",
+    )  # fmt: skip
+    ctx.save_state(queued_payloads=payloads)
+    return f"{QUEUED_MESSAGES} QoS 1 messages wait in the broker for the absent session {QUEUE_CLIENT}"
+
+
+def check_backup_while_ingesting(ctx: Context) -> str:
+    before = stored_rows(".*")
+    containers = {service: container_of(service) for service in ONLINE}
+    simulator = Simulator(
+        ctx, "during-backup", "--devices", "3", "--station-prefix", "bk-", "--rate", "10", "--seed", "12"
+    )
+    try:
+        poll("readings under way", lambda: counts_by_series("bk-"), bool, 60)
+        started = time.monotonic()
+        backup = subprocess.run(
+            ["./backup.sh", str(ctx.work / "backups")],
+            cwd=ctx.copy, capture_output=True, text=True, timeout=900, check=False,
         )  # fmt: skip
-        status, stderr = simulator.exit_status(120)
-        # Exit status 3: the broker refused the connection (README, simulator).
-        if status != 3:
-            raise CheckFailedError(f"{name}: the simulator exited with {status}, expected 3: {stderr[-500:]}")
-        seen[name] = stderr.strip().splitlines()[-1] if stderr.strip() else "refused"
-    if counts_by_series("stranger-"):
-        raise CheckFailedError("values of a refused client reached InfluxDB")
-    return "; ".join(f"{name}: refused ({why})" for name, why in seen.items()) + "; nothing of theirs stored"
+        seconds = time.monotonic() - started
+        (ctx.work / "backup.sh.log").write_text(backup.stdout + backup.stderr, encoding="utf-8")
+        still_publishing = simulator.proc.poll() is None
+    finally:
+        simulator.stop()
+    if backup.returncode != 0:
+        raise CheckFailedError(f"./backup.sh failed:\n{(backup.stdout + backup.stderr)[-2000:]}")
+    if not still_publishing:
+        raise CheckFailedError("the simulator stopped before the backup ended")
+    summary = simulator.summary(timeout=120)
+    expected = summary["series"]
+    stored = poll("points in InfluxDB", lambda: counts_by_series("bk-"), lambda c: c == expected, 120)
+    if stored != expected:
+        raise CheckFailedError(f"InfluxDB holds {pretty(stored)}, the simulator sent {pretty(expected)}")
+    restarted = [service for service, container in containers.items() if container_of(service) != container]
+    if restarted:
+        raise CheckFailedError(f"the backup restarted {restarted}")
+    archives = sorted((ctx.work / "backups").glob("iot-backup-swarm-*.tar"))
+    if len(archives) != 1 or archives[0].stat().st_mode & 0o777 != 0o600:
+        raise CheckFailedError(f"expected one archive of mode 600, found {archives}")
+    manifest = read_manifest(archives[0])
+    if manifest.get("components") != "mosquitto influxdb mysql grafana" or manifest.get("mode") != "swarm":
+        raise CheckFailedError(f"the manifest says {manifest}")
+    ctx.save_state(
+        rows_before=[list(r) for r in before],
+        rows_after=[list(r) for r in stored_rows(".*")],
+        admin_password=ctx.secret("auth_admin_password"),
+    )
+    return (
+        f"./backup.sh took {seconds:.0f}s while 3 devices published ({summary['messages_sent']} messages, "
+        f"all {summary['values']} values stored); no container of {', '.join(ONLINE)} changed; "
+        f"{archives[0].name}: {archives[0].stat().st_size / 1024:.0f} KiB, "
+        f"grafana.db.gz {manifest.get('grafana.bytes')} bytes"
+    )
+
+
+def check_fresh_stack_is_empty(ctx: Context) -> str:
+    if stored_rows(".*"):
+        raise CheckFailedError("the new stack's InfluxDB already holds points")
+    steps = [
+        {"name": "device", "method": "POST", "path": "/api/auth/login",
+         "json": {"username": "e2e-device", "password": ctx.need("device_password")}},
+        {"name": "admin", "method": "POST", "path": "/api/auth/login",
+         "json": {"username": "admin", "password": ctx.need("admin_password")}},
+    ]  # fmt: skip
+    results = http_probe(ctx, "kong_auth", f"http://auth_server:{PORTS['auth_server']}", steps)
+    expect_status(results, "device", 401)
+    expect_status(results, "admin", 401)
+    status, _ = grafana_call(
+        "GET", f"/api/dashboards/uid/{EDITED_DASHBOARD['uid']}", ctx.need("grafana_password")
+    )
+    if status != 404:
+        raise CheckFailedError(f"the new Grafana answers {status} for the edited dashboard, not 404")
+    if ctx.secret("auth_admin_password") == ctx.need("admin_password"):
+        raise CheckFailedError("the new stack has the old admin secret: it was not a new deployment")
+    return "no point, no account (the device and the old admin get 401), no dashboard edit, new secrets"
+
+
+def check_restored_points(ctx: Context) -> str:
+    before = {tuple(r) for r in ctx.need("rows_before")}
+    after = {tuple(r) for r in ctx.need("rows_after")}
+    # The restored broker queue may still be reaching InfluxDB through the adapter.
+    rows = poll("the restored points", lambda: set(stored_rows(".*")), lambda r: before <= r, 120)
+    if not before <= rows:
+        raise CheckFailedError(
+            f"{len(before - rows)} of the {len(before)} points stored before the backup are missing"
+        )
+    if not rows <= after:
+        raise CheckFailedError(f"{len(rows - after)} restored points were never stored before the restore")
+    during = len(rows - before)
+    return (
+        f"{len(rows)} points: all {len(before)} stored before the backup began, and {during} of the "
+        f"{len(after - before)} written while it ran (the rest came after its snapshot)"
+    )
+
+
+def check_restored_queue(ctx: Context) -> str:
+    payloads = ctx.need("queued_payloads")
+    out = mqtt_session(ctx, "collect", QUEUE_CLIENT, "--count", str(len(payloads)), "--timeout", "30")
+    got = json.loads(out)
+    if not got["session_present"] or got["payloads"] != payloads:
+        raise CheckFailedError(f"the session came back with {got}, expected {len(payloads)} queued payloads")
+    return (
+        f"{QUEUE_CLIENT} reconnected to its restored session and received its {len(payloads)} "
+        "queued messages, in order"
+    )
+
+
+def check_restored_accounts(ctx: Context) -> str:
+    kept = check_accounts_kept(ctx)
+    steps = [
+        {"name": "old-admin", "method": "POST", "path": "/api/auth/login",
+         "json": {"username": "admin", "password": ctx.need("admin_password")}},
+        {"name": "new-admin", "method": "POST", "path": "/api/auth/login",
+         "json": {"username": "admin", "password": ctx.secret("auth_admin_password")}},
+    ]  # fmt: skip
+    results = http_probe(ctx, "kong_auth", f"http://auth_server:{PORTS['auth_server']}", steps)
+    expect_status(results, "old-admin", 200)
+    expect_status(results, "new-admin", 401)
+    return f"{kept}; the admin logs in with its password of the backup, not the new secret"
+
+
+def check_restored_grafana(ctx: Context) -> str:
+    uid = EDITED_DASHBOARD["uid"]
+    status, read = grafana_call("GET", f"/api/dashboards/uid/{uid}", ctx.need("grafana_password"))
+    if status != 200 or read["dashboard"]["title"] != EDITED_DASHBOARD["title"]:
+        raise CheckFailedError(f"the edited dashboard reads as HTTP {status}: {read}")
+    if read["meta"]["version"] != ctx.need("dashboard_version"):
+        raise CheckFailedError(f"version {read['meta']['version']}, saved as {ctx.need('dashboard_version')}")
+    return (
+        f"dashboard {uid} is back (version {read['meta']['version']}), read with the password of the backup"
+    )
 
 
 # --- Runner --------------------------------------------------------------------------
 
+# The first deployment's checks; on several nodes, with the placement checked second.
+DEPLOYED: list[Callable[[Context], str]] = [
+    check_services_running,
+    check_published_ports,
+    check_influx_init_script,
+    check_simulator_to_influxdb,
+    check_adapter_metrics,
+    check_auth_server,
+    check_prometheus,
+    check_kong_client_addresses,
+    check_phpmyadmin,
+    check_mysql_root_only_inside_its_container,
+    check_stack_simulator,
+    check_network_isolation,
+    check_stack_simulator_summary,
+]
+
 PHASES: dict[str, list[Callable[[Context], str]]] = {
-    "deployed": [
-        check_services_running,
-        check_published_ports,
-        check_influx_init_script,
-        check_simulator_to_influxdb,
-        check_adapter_metrics,
-        check_auth_server,
-        check_prometheus,
-        check_phpmyadmin,
-        check_stack_simulator,
-        check_network_isolation,
-        check_stack_simulator_summary,
-    ],
-    "deployed-multinode": [
-        check_services_running,
-        check_placement,
-        check_published_ports,
-        check_influx_init_script,
-        check_simulator_to_influxdb,
-        check_adapter_metrics,
-        check_auth_server,
-        check_prometheus,
-        check_phpmyadmin,
-        check_stack_simulator,
-        check_network_isolation,
-        check_stack_simulator_summary,
-    ],
+    "deployed": DEPLOYED,
+    "deployed-multinode": [DEPLOYED[0], check_placement, *DEPLOYED[1:]],
     "node-loss": [check_node_loss, check_node_back],
     "drain": [check_drain],
     "scaled-down": [check_scaled_down],
@@ -1374,6 +1775,16 @@ PHASES: dict[str, list[Callable[[Context], str]]] = {
         check_points_kept,
         check_queue_delivered,
         check_accounts_kept,
+    ],
+    "before-backup": [check_grafana_edit, check_queue_for_absent_session],
+    "backup": [check_backup_while_ingesting],
+    "fresh": [check_services_running_again, check_fresh_stack_is_empty],
+    "restored": [
+        check_services_running_again,
+        check_restored_points,
+        check_restored_queue,
+        check_restored_accounts,
+        check_restored_grafana,
     ],
 }
 

@@ -19,22 +19,30 @@ Needs root and an empty Docker engine (no stack `iot`, none of its volumes or se
   2. Builds a Debian 12 base image (debootstrap + docker import, cached as a tarball),
      a Python image from it, and stand-ins for the upstream images stack.yml names, from
      Debian packages: Mosquitto, InfluxDB, MySQL (as MariaDB), Prometheus, Alertmanager,
-     phpMyAdmin.
+     phpMyAdmin, Grafana (a small server keeping Grafana's SQLite database, no real
+     Grafana) and for Kong a small server that reports the client address it sees.
      They carry exactly the names stack.yml uses (tests/e2e/images/ says what each keeps).
-  3. Copies the checkout and rewrites the copy's stack.yml for this machine: Grafana and
-     Kong left out (no stand-in can be built for them here), endpoint_mode dnsrr and
+  3. Copies the checkout and rewrites the copy's stack.yml for this machine: endpoint_mode dnsrr and
      host-mode ports (this kernel has no IPVS, which Swarm's virtual IPs and ingress
      routing mesh need), the Kong-auth network attachable (a probe container stands in
-     for Kong). Then deploys it with the copy's ./run.sh (BASE_IMAGE = the Python image).
+     for Kong as the auth server's client). Then deploys it with the copy's ./run.sh
+     (BASE_IMAGE = the Python image).
   4. Checks: the simulator publishes to port 1883 and every value reaches InfluxDB; the
      InfluxDB init script ran; the auth server answers on its network (login, accounts,
-     HTTP data path); Prometheus scrapes the adapter, the auth server, the broker exporter
-     and the Alertmanager, and sends alerts to the latter; phpMyAdmin logs
-     in to MySQL through port 8081; from inside every container exactly the peers the
+     HTTP data path); Prometheus scrapes the adapter, the auth server, the broker exporter,
+     the Alertmanager and Kong, and sends alerts to the Alertmanager; two clients in
+     network namespaces of their own reach Kong's port 8080 with their own addresses;
+     phpMyAdmin logs in to MySQL through port 8081 and refuses root, whom MySQL refuses
+     from phpMyAdmin's container too; from inside every container exactly the peers the
      contract allows are reachable.
   5. docker stack rm, then ./run.sh again: every stored point, the accounts and the
      broker's queue for the adapter survive.
-  6. ./clean.sh -y, then checks that no stack, service, volume, secret, config, network
+  6. A dashboard edit in Grafana and messages queued for an absent persistent session;
+     ./backup.sh while a simulator publishes (no service restarts, nothing is lost);
+     ./clean.sh -y and a fresh ./run.sh (new secrets, empty volumes); ./restore.sh -y:
+     the points of the moment of the backup, the accounts with their passwords, the
+     dashboard edit and the queued messages are back.
+  7. ./clean.sh -y, then checks that no stack, service, volume, secret, config, network
      or image of the stack is left.
 
 Options:
@@ -76,13 +84,19 @@ declare -A STAND_INS=(
   [prometheus]=prometheus
   [alertmanager]=alertmanager
   [phpmyadmin]=phpmyadmin
+  [kong]=kong
+  [grafana]=grafana
 )
+# Stand-ins built on the Python image instead of the Debian base (they run Python).
+declare -A PYTHON_STAND_INS=([kong]=1)
+# Network namespaces the checks create for clients of their own (check_kong_client_addresses).
+readonly CLIENT_NETNS_PREFIX=iot-e2e-
 
 # --- Set-up --------------------------------------------------------------------------
 
 # install_packages [BINARY=PACKAGE...]: the e2e's Debian packages, and these ones too.
 install_packages() {
-  local -A wanted=([dockerd]=docker.io [debootstrap]=debootstrap [iptables]=iptables)
+  local -A wanted=([dockerd]=docker.io [debootstrap]=debootstrap [iptables]=iptables [ip]=iproute2)
   local binary missing=() extra
   for extra in "$@"; do wanted[${extra%%=*}]=${extra#*=}; done
   for binary in "${!wanted[@]}"; do
@@ -263,10 +277,12 @@ build_images() {
   cp tests/e2e/images/python/* "$context/"
   find /usr/local/share/ca-certificates -name '*.crt' -type f -exec cp {} "$context/local-ca/" \; 2>/dev/null || true
   build_e2e_image "$PYTHON_IMAGE" "$context" "$DEBIAN_IMAGE"
-  local service image
+  local service image base
   for service in "${!STAND_INS[@]}"; do
     image=$("$PYTHON" tests/e2e/stackfile.py image stack.yml "$service")
-    build_e2e_image "$image" "tests/e2e/images/${STAND_INS[$service]}" "$DEBIAN_IMAGE"
+    base=$DEBIAN_IMAGE
+    [[ -n ${PYTHON_STAND_INS[$service]:-} ]] && base=$PYTHON_IMAGE
+    build_e2e_image "$image" "tests/e2e/images/${STAND_INS[$service]}" "$base"
   done
 }
 
@@ -279,8 +295,8 @@ copy_checkout() {
     [[ -e $file ]] && printf '%s\0' "$file"
   done | tar --null -T - -cf - | tar -C "$COPY" -xf -
   "$PYTHON" tests/e2e/stackfile.py rewrite stack.yml "$COPY/stack.yml"
-  note "left out: grafana and kong (no stand-in image can be built for them on this machine;"
-  note "          tests/grafana and tests/kong check their configuration without them)"
+  note "stand-ins: grafana keeps Grafana's SQLite database (tests/grafana checks the real"
+  note "          configuration); kong reports what reaches it (tests/kong checks Kong's)"
   note "changed:  endpoint_mode dnsrr and host-mode ports for every service (no IPVS in"
   note "          this kernel: Swarm's virtual IPs and ingress ports cannot work here);"
   note "          network kong_auth attachable (a probe container stands in for Kong)"
@@ -308,6 +324,15 @@ unguard_overlay_pool() {
     netns_iptables "${rule% *}" -D DOCKER-USER -i docker_gwbridge -d "${rule#* }" -j REJECT 2>/dev/null || true
   done
   GUARD_RULES=()
+}
+
+# The checks remove their client namespaces themselves; these are what an interrupted run left.
+remove_client_namespaces() {
+  local netns
+  for netns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
+    [[ $netns == "$CLIENT_NETNS_PREFIX"* ]] && ip netns delete "$netns" 2>/dev/null
+  done
+  return 0
 }
 
 # netns_iptables NETNS ARGS...: iptables in that network namespace (- : this one).
@@ -356,6 +381,7 @@ cleanup() {
     fi
   fi
   unguard_overlay_pool
+  remove_client_namespaces
   if engine_answers; then
     docker ps -aq --filter "label=$E2E_LABEL.probe" | xargs -r docker rm -f >/dev/null 2>&1
     if [[ -d $COPY && ($CLEANED == false) ]]; then
@@ -472,6 +498,20 @@ main() {
   log "Checking that the redeployed stack kept its data"
   checks redeployed
   unguard_overlay_pool
+
+  log "Backing up the running stack, removing it with its data, restoring into a fresh one"
+  checks before-backup
+  checks backup
+  # A fresh deployment: all that ./clean.sh -y removes (stack, volumes, secrets, swarm) but
+  # the project's images, whose rebuild would only repeat the first deployment's builds.
+  mv "$COPY/.state/swarm/images" "$WORK/images-kept-for-the-fresh-deployment"
+  (cd "$COPY" && ./clean.sh -y) 2>&1 | tee "$WORK/clean-before-restore.log"
+  run_sh
+  checks fresh
+  log "Restoring the backup into the fresh stack with ./restore.sh -y"
+  (cd "$COPY" && ./restore.sh -y "$WORK"/backups/iot-backup-swarm-*.tar) 2>&1 | tee "$WORK/restore.sh.log"
+  log "Checking that the restored stack has the data of the backup"
+  checks restored
 
   log "Removing everything with ./clean.sh -y"
   local created_images

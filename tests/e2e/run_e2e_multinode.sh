@@ -45,8 +45,8 @@ the host is used or changed).
      cut, every process killed at once) loses no reading, then comes back; a drain
      mid-stream loses no reading; ADAPTER_REPLICAS=1 ./run.sh leaves the removed slot's
      share queued in the broker, and scaling back up stores it; ./run.sh --secure: a device
-     account publishes, a wrong password and an anonymous client are refused, the adapters
-     store.
+     account publishes over TLS on 8883 (certificate from run.sh's CA, for the data node's
+     address), a wrong password and an anonymous client are refused, the adapters store.
   6. ./clean.sh -y on the manager, then the single-node test's check that nothing of the
      stack is left; then the swarm, engines, namespaces, bridge, registry and proxy are
      removed, also after a failure or the time limit, and a last check compares the host

@@ -4,9 +4,12 @@
     python tests/e2e/stackfile.py rewrite stack.yml OUT.yml   the copy for this machine
 
 The copy differs from stack.yml in exactly these ways, each forced by this machine:
-- Grafana and Kong are left out: no stand-in image can be built for them here.
+- Nothing is left out: Grafana and Kong run as stand-ins, as the other upstream images do
+  (tests/e2e/images/grafana/ keeps Grafana's database file, tests/e2e/images/kong/ reports
+  what reaches it).
 - Every service gets endpoint_mode dnsrr and every published port mode host: this kernel
-  has no IPVS, which Swarm's virtual IPs and its ingress routing mesh are built on.
+  has no IPVS, which Swarm's virtual IPs and its ingress routing mesh are built on. (Kong's
+  port is in host mode in stack.yml itself.)
 - The Kong-auth network is attachable, so that a probe container can stand where Kong
   stands and call the auth server over exactly that network.
 """
@@ -19,13 +22,15 @@ from typing import Any
 
 import yaml
 
-LEFT_OUT = ("grafana", "kong")
+# Services the copy leaves out: none now (every upstream image has a stand-in); kept so
+# that a service without one can be left out again in one place.
+LEFT_OUT: tuple[str, ...] = ()
 PROBE_NETWORK = "kong_auth"
 
 HEADER = """\
 # Written by tests/e2e/stackfile.py from the checkout's stack.yml, for the end-to-end
-# test only: Grafana and Kong left out, endpoint_mode dnsrr, host-mode ports, and the
-# kong_auth network attachable (see that file for why). Do not deploy this elsewhere.
+# test only: endpoint_mode dnsrr, host-mode ports, and the kong_auth network
+# attachable (see that file for why). Do not deploy this elsewhere.
 """
 
 

@@ -29,7 +29,17 @@ def test_stack_deploys_works_survives_a_redeploy_and_cleans_up() -> None:
     run_e2e_script(
         SCRIPT,
         int(os.environ.get("IOT_E2E_TIMEOUT", "2400")),
-        # Every phase ran: the deployed stack, the removal and redeploy, and clean.sh.
-        ["network_isolation", "points_kept", "queue_delivered", "nothing_left"],
+        # Every phase ran: the deployed stack, the removal and redeploy, backup and restore, clean.sh.
+        [
+            "network_isolation",
+            "points_kept",
+            "queue_delivered",
+            "backup_while_ingesting",
+            "restored_points",
+            "restored_queue",
+            "restored_accounts",
+            "restored_grafana",
+            "nothing_left",
+        ],
         "PASSED: the end-to-end test of the stack",
     )

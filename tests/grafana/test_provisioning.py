@@ -25,7 +25,14 @@ from tests.grafana.dashboards import (
     panel_of_type,
     panels,
 )
-from tests.grafana.grafana_model import Field, Frame, apply_transformations
+from tests.grafana.grafana_model import (
+    Field,
+    Frame,
+    apply_transformations,
+    custom_options,
+    dashboard_variables,
+    influx_format,
+)
 
 # Data sources Grafana itself provides; panels may use them without provisioning.
 BUILTIN_DATASOURCES = {"-- Grafana --", "-- Dashboard --", "-- Mixed --", "grafana"}
@@ -56,7 +63,7 @@ def dashboard_files() -> list[Path]:
 
 def parse_query(target: dict[str, Any]) -> dict[str, Any]:
     assert target.get("rawQuery") is True, "raw InfluxQL, so the regular expression is kept as written"
-    assert target.get("resultFormat") == "time_series"
+    assert target.get("resultFormat") in ("time_series", "table")
     m = QUERY_RE.match(target["query"])
     assert m, f"unexpected query shape: {target['query']}"
     return {
@@ -83,8 +90,18 @@ def test_influxdb_datasource_reads_iot_devices_over_the_stack_network() -> None:
     assert ds["jsonData"]["dbName"] == "IoT_Devices"
     assert ds["jsonData"].get("version", "InfluxQL") == "InfluxQL"
     assert ds.get("isDefault") is True
-    # InfluxDB runs without authentication inside the stack: no credentials to leak here.
-    assert not {"user", "password", "basicAuth", "secureJsonData"} & set(ds)
+    # The read-only user, its password from the Docker secret (tests/stack checks that it is
+    # the READ user of the secure profile's InfluxDB and that Grafana mounts the secret);
+    # never a password written in the file.
+    assert not {"user", "password"} & set(ds)
+    assert (ds["basicAuth"], ds["basicAuthUser"]) == (True, "grafana")
+    assert ds["secureJsonData"] == {"basicAuthPassword": "$__file{/run/secrets/influxdb_grafana_password}"}
+
+
+def test_influxdb_datasource_promises_no_setting_influxql_ignores() -> None:
+    # jsonData.maxSeries is read by Grafana's Flux path only (flux.go executeQuery); with
+    # InfluxQL it capped nothing.
+    assert "maxSeries" not in datasources()["influxdb-iot"]["jsonData"]
 
 
 def test_prometheus_datasource_for_monitoring() -> None:
@@ -147,6 +164,69 @@ def test_panels_use_provisioned_datasources_and_current_panel_types(path: Path) 
             assert ref.get("type", provisioned[ref["uid"]]["type"]) == provisioned[ref["uid"]]["type"]
 
 
+# --- the grouping variable and the interval -------------------------------------------
+
+# The choices a person has, by their label; `auto` is Grafana's $__interval (one group per
+# pixel of the panel), which InfluxDB's backend fills in (query.go Build()).
+GROUPING_OPTIONS = {"1s": "1s", "auto": "$__interval", "10s": "10s", "1m": "1m", "5m": "5m"}
+
+
+def grouping_variable(dashboard: dict[str, Any]) -> dict[str, Any]:
+    (variable,) = dashboard["templating"]["list"]
+    return variable
+
+
+@pytest.mark.parametrize("name", ["upb_iot_data.json", "battery_dashboard.json"])
+def test_grouping_variable_defaults_to_the_seeds_1s_and_offers_auto(name: str) -> None:
+    variable = grouping_variable(load_dashboard(name))
+    assert variable["name"] == "grouping"
+    # Not `interval`: `$interval` is a macro the InfluxDB backend replaces itself.
+    assert variable["name"] not in {"interval", "timeFilter", "__interval"}
+    # A custom variable, not type `interval`: an interval variable's auto divides the range
+    # by a fixed step count (scenes IntervalVariable.getAutoRefreshInteval), whatever the
+    # panel's width; `$__interval` is computed per panel from its width.
+    assert variable["type"] == "custom"
+    assert custom_options(variable["query"]) == GROUPING_OPTIONS
+    assert variable["current"] == {"selected": True, "text": "1s", "value": "1s"}, "the seed's 1 s by default"
+    assert [(o["text"], o["value"]) for o in variable["options"]] == list(GROUPING_OPTIONS.items())
+    assert [o["text"] for o in variable["options"] if o["selected"]] == ["1s"]
+    assert not variable.get("multi") and not variable.get("includeAll")
+    # The options are what the model of Grafana resolves too.
+    assert dashboard_variables(load_dashboard(name)) == {"grouping": "1s"}
+    assert dashboard_variables(load_dashboard(name), {"grouping": "auto"}) == {"grouping": "$__interval"}
+
+
+@pytest.mark.parametrize("name", ["upb_iot_data.json", "battery_dashboard.json"])
+def test_graphs_group_by_the_variable_with_a_1s_floor(name: str) -> None:
+    graph = panel_of_type(load_dashboard(name), "timeseries")
+    (target,) = graph["targets"]
+    assert parse_query(target)["group"][0] == "time($grouping)"
+    # Min interval: $__interval never goes below 1 s (calculateInterval's lower limit).
+    assert graph["interval"] == "1s"
+    # Without maxDataPoints Grafana takes the panel's width (SceneQueryRunner,
+    # maxDataPointsFromWidth), so auto means about one group per pixel.
+    assert "maxDataPoints" not in graph
+    # Grafana regex-escapes a variable that sits between two `/` (interpolateQueryExpr):
+    # `$__interval` would arrive as `\$__interval`. Nothing after the variable opens one.
+    after = target["query"].split("$grouping", 1)[1]
+    assert "/" not in after
+    assert influx_format("$__interval", "grouping", target["query"]) == "$__interval"
+
+
+@pytest.mark.parametrize(
+    ("query", "escaped"),
+    [
+        ("SELECT mean(value) FROM /^.+$/ WHERE $timeFilter GROUP BY time($grouping)", False),
+        ("SELECT mean(value) FROM /^$grouping$/ WHERE $timeFilter", True),
+        ("SELECT mean(value) FROM x WHERE a =~ /^$grouping/ AND b =~ /c/", True),
+        ("SELECT mean(value) FROM x GROUP BY time($grouping)", False),
+    ],
+)
+def test_the_model_escapes_a_variable_inside_a_regular_expression(query: str, escaped: bool) -> None:
+    assert (influx_format("$__interval", "grouping", query) == r"\$__interval") is escaped
+    assert influx_format("10s", "grouping", query) == "10s", "numbers are never escaped"
+
+
 # --- UPB IoT Data ----------------------------------------------------------------------
 
 
@@ -158,17 +238,31 @@ def test_upb_iot_data_dashboard() -> None:
     assert d["time"] == {"from": "now-6h", "to": "now"}
     assert d["refresh"] == "30s"
     assert d["refresh"] in d["timepicker"]["refresh_intervals"]
-    assert d["templating"]["list"] == [], "no template variables: regular expressions select the series"
+    assert [v["name"] for v in d["templating"]["list"]] == ["grouping"], "regular expressions select series"
     assert sorted(p["type"] for p in panels(d)) == ["table", "timeseries"]
-    for panel, target in panel_targets(d):
-        assert target["datasource"]["uid"] == "influxdb-iot"
-        q = parse_query(target)
-        assert q["select"] == 'mean("value")', "arithmetic mean of the stored value"
-        assert q["group"][0] == "time(1s)", "1 s groups"
-        assert q["where"] == {"\"location\" = 'UPB'", "$timeFilter"}, "UPB only, dashboard time range"
-        assert q["fill"] == "none", "no empty groups: table rows exist only where some series has data"
-        assert target["alias"] in ("$measurement", "$m", "[[measurement]]"), "STATION.METRIC"
-        assert len(panel["targets"]) == 1
+    graph = panel_of_type(d, "timeseries")
+    (target,) = graph["targets"]
+    assert target["datasource"]["uid"] == "influxdb-iot"
+    q = parse_query(target)
+    assert q["select"] == 'mean("value")', "arithmetic mean of the stored value"
+    assert q["group"] == ["time($grouping)"], "groups of the grouping interval (1 s by default)"
+    assert q["where"] == {"\"location\" = 'UPB'", "$timeFilter"}, "UPB only, dashboard time range"
+    assert q["fill"] == "none", "no empty groups: table rows exist only where some series has data"
+    assert target["alias"] in ("$measurement", "$m", "[[measurement]]"), "STATION.METRIC"
+
+
+def test_upb_table_reuses_the_graphs_result() -> None:
+    d = load_dashboard("upb_iot_data.json")
+    graph, table = panel_of_type(d, "timeseries"), panel_of_type(d, "table")
+    # The built-in -- Dashboard -- data source: no query of its own, the graph's frames.
+    assert table["datasource"] == {"type": "datasource", "uid": "-- Dashboard --"}
+    (target,) = table["targets"]
+    assert target["panelId"] == graph["id"]
+    assert target["datasource"] == table["datasource"]
+    assert not target.get("withTransforms"), "the graph's frames as queried (it has no transformations)"
+    assert "transformations" not in graph
+    # Same width as the graph: the auto interval the graph used suits the table too.
+    assert table["gridPos"]["w"] == graph["gridPos"]["w"]
 
 
 def test_upb_table_joins_every_series_into_one_row_per_instant() -> None:
@@ -201,12 +295,19 @@ def test_upb_table_joins_every_series_into_one_row_per_instant() -> None:
     ],
 )
 def test_upb_regex_matches_every_station_metric(measurement: str, shown: bool) -> None:
-    for _, target in panel_targets(load_dashboard("upb_iot_data.json")):
-        # InfluxDB (Go regexp) finds a match anywhere; re.search does the same.
-        assert bool(parse_query(target)["regex"].search(measurement)) is shown
+    graph = panel_of_type(load_dashboard("upb_iot_data.json"), "timeseries")
+    # InfluxDB (Go regexp) finds a match anywhere; re.search does the same.
+    assert bool(parse_query(graph["targets"][0])["regex"].search(measurement)) is shown
 
 
 # --- Battery Dashboard ------------------------------------------------------------------
+
+
+def battery_queries() -> tuple[dict[str, Any], dict[str, Any]]:
+    d = load_dashboard("battery_dashboard.json")
+    (graph_target,) = panel_of_type(d, "timeseries")["targets"]
+    (table_target,) = panel_of_type(d, "table")["targets"]
+    return parse_query(graph_target), parse_query(table_target)
 
 
 def test_battery_dashboard() -> None:
@@ -217,20 +318,38 @@ def test_battery_dashboard() -> None:
     assert d["time"] == {"from": "now-48h", "to": "now"}
     assert d["refresh"] == "30m"
     assert d["refresh"] in d["timepicker"]["refresh_intervals"]
-    assert d["templating"]["list"] == []
+    assert [v["name"] for v in d["templating"]["list"]] == ["grouping"]
     assert sorted(p["type"] for p in panels(d)) == ["table", "timeseries"]
-    for panel, target in panel_targets(d):
-        assert target["datasource"]["uid"] == "influxdb-iot"
-        q = parse_query(target)
-        assert q["select"] == 'mean("value")'
-        assert q["group"][0] == "time(1s)"
-        assert q["where"] == {"$timeFilter"}, "any location"
-        # $tag_station only resolves for tags in GROUP BY; location keeps two devices that
-        # share a station name from being averaged together.
-        assert set(q["group"][1:]) == {'"station"', '"location"'}
-        assert q["fill"] == "none"
-        assert target["alias"] in ("$tag_station", "[[tag_station]]"), "named after the station"
-        assert len(panel["targets"]) == 1
+    (target,) = panel_of_type(d, "timeseries")["targets"]
+    assert target["datasource"]["uid"] == "influxdb-iot"
+    assert target["resultFormat"] == "time_series"
+    q = parse_query(target)
+    assert q["select"] == 'mean("value")'
+    assert q["group"][0] == "time($grouping)"
+    assert q["where"] == {"$timeFilter"}, "any location"
+    # $tag_station only resolves for tags in GROUP BY; location keeps two devices that
+    # share a station name from being averaged together.
+    assert set(q["group"][1:]) == {'"station"', '"location"'}
+    assert q["fill"] == "none"
+    assert target["alias"] in ("$tag_station", "[[tag_station]]"), "named after the station"
+
+
+def test_battery_statistics_are_one_influxdb_aggregation_per_device() -> None:
+    graph, table = battery_queries()
+    (target,) = panel_of_type(load_dashboard("battery_dashboard.json"), "table")["targets"]
+    assert target["datasource"]["uid"] == "influxdb-iot"
+    assert target["resultFormat"] == "table"
+    # The header's statistics, named by InfluxQL itself.
+    assert table["select"] == (
+        'last("value") AS "Current Value", min("value") AS "Minimum Value", '
+        'max("value") AS "Maximum Value", mean("value") AS "Average Value"'
+    )
+    # Over the whole range (no GROUP BY time): one row per location and station.
+    assert set(table["group"]) == {'"station"', '"location"'}
+    assert table["fill"] is None
+    # The same devices as the graph: same measurements, same range.
+    assert table["regex"].pattern == graph["regex"].pattern
+    assert table["where"] == graph["where"]
 
 
 @pytest.mark.parametrize(
@@ -248,27 +367,43 @@ def test_battery_dashboard() -> None:
     ],
 )
 def test_battery_regex_matches_bat_and_nothing_else(measurement: str, shown: bool) -> None:
-    for _, target in panel_targets(load_dashboard("battery_dashboard.json")):
-        assert bool(parse_query(target)["regex"].search(measurement)) is shown
+    for q in battery_queries():
+        assert bool(q["regex"].search(measurement)) is shown
 
 
-def test_battery_table_columns() -> None:
+@pytest.mark.parametrize("tag_order", [["location", "station"], ["station", "location"]])
+def test_battery_table_columns(tag_order: list[str]) -> None:
     table = panel_of_type(load_dashboard("battery_dashboard.json"), "table")
-    reduce_step, organize_step = table["transformations"]
-    assert reduce_step["id"] == "reduce"
-    assert reduce_step["options"]["reducers"] == ["lastNotNull", "min", "max", "mean"]
-    assert reduce_step["options"].get("mode", "seriesToRows") == "seriesToRows"
-    assert organize_step["id"] == "organize"
-    frames = [
-        Frame([Field("Time", "time", [1000, 2000, 3000]), Field("RPi_1", "number", [90.0, None, 80.0])]),
-        Frame([Field("Time", "time", [1000]), Field("Gateway", "number", [45.0])]),
-    ]
-    (out,) = apply_transformations(frames, table["transformations"])
-    assert out.columns == BATTERY_COLUMNS
+    (organize,) = table["transformations"]
+    assert organize["id"] == "organize"
+    # The backend's table frame: Time, the tags (Go map order: either), the value columns.
+    tags = {"location": ["UPB", "Farm"], "station": ["RPi_1", "RPi_1"]}
+    frame = Frame(
+        [
+            Field("Time", "time", [1000, 1000]),
+            *(Field(key, "string", tags[key]) for key in tag_order),
+            Field("Current Value", "number", [80.0, 45.0]),
+            Field("Minimum Value", "number", [79.0, 44.5]),
+            Field("Maximum Value", "number", [90.0, 45.0]),
+            Field("Average Value", "number", [85.0, 44.75]),
+        ]
+    )
+    (out,) = apply_transformations([frame], table["transformations"])
+    # The header of the spec, then the location that tells apart two stations named alike.
+    assert out.columns == [*BATTERY_COLUMNS, "Location"]
     assert out.rows() == [
-        dict(zip(BATTERY_COLUMNS, ["RPi_1", 80.0, 80.0, 90.0, 85.0], strict=True)),
-        dict(zip(BATTERY_COLUMNS, ["Gateway", 45.0, 45.0, 45.0, 45.0], strict=True)),
+        dict(zip([*BATTERY_COLUMNS, "Location"], ["RPi_1", 80.0, 79.0, 90.0, 85.0, "UPB"], strict=True)),
+        dict(zip([*BATTERY_COLUMNS, "Location"], ["RPi_1", 45.0, 44.5, 45.0, 44.75, "Farm"], strict=True)),
     ]
+    assert table["options"]["sortBy"] == [{"desc": False, "displayName": "Time Series"}]
+
+
+def test_battery_table_says_what_differs_from_the_1s_series() -> None:
+    table = panel_of_type(load_dashboard("battery_dashboard.json"), "table")
+    text = table["description"]
+    assert "at most one reading per second" in text
+    for column in BATTERY_COLUMNS[1:]:
+        assert column.split()[0] in text, column
 
 
 # --- stack.yml: the files reach Grafana -------------------------------------------------

@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from adapter.contract import Ignore, ParsedMessage, Reject, parse_message, parse_timestamp
+from adapter.contract import Ignore, Limits, ParsedMessage, Reject, parse_message, parse_timestamp
 from simulator.config import MalformedKind, SimulatorConfig, TimestampFormat
 from simulator.messages import Kind, Message, MessageStream, iso_timestamp
 from simulator.signals import Battery, Climate
@@ -108,7 +108,7 @@ def test_each_malformed_kind_is_rejected_for_that_reason(kind: MalformedKind) ->
     messages = stream_messages(config, 60)
     assert len(messages) == 60 and all(m.kind == kind for m in messages)
     for message in messages:
-        result = parse_message(message.topic, message.payload, 0, max_bytes=limit)
+        result = parse_message(message.topic, message.payload, 0, Limits(max_message_bytes=limit))
         if isinstance(result, Reject):
             assert result == Reject(kind)
         else:

@@ -1,5 +1,7 @@
 """Local mode end to end: ./run.sh where no Docker engine answers, a reading published with
-mosquitto_pub lands in InfluxDB, ./clean.sh leaves no process and no state behind."""
+mosquitto_pub lands in InfluxDB, ./clean.sh leaves no process and no state behind; with
+IOT_BIND_ADDRESS=0.0.0.0 only the broker and the API listen beyond loopback, and no secret
+is on a command line or in run.sh's output."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.servers import REPO_ROOT, free_port, port_open, require_binary, wait_for
+from tests.cmdline import command_lines, leaks
+from tests.servers import REPO_ROOT, free_port, listening_addresses, port_open, require_binary, wait_for
 
 # The core, plus the accounts database and auth server that auth_server/local.sh adds.
 COMPONENTS = ("mosquitto", "influxdb", "adapter", "mariadb", "auth_server")
@@ -121,9 +124,31 @@ def test_run_publish_store_clean(local_env: dict[str, str]) -> None:
 
 def test_clean_keeps_local_data_unless_told_otherwise(local_env: dict[str, str]) -> None:
     state = Path(local_env["IOT_STATE_DIR"])
+    # Devices on the network may reach the broker (and the API, which has no Kong here)...
+    local_env["IOT_BIND_ADDRESS"] = "0.0.0.0"
     started = run("run.sh", local_env, "--local")
     assert started.returncode == 0, started.stdout + started.stderr
     running = pids(state)
+    # ... but InfluxDB (no authentication), its RPC port, the adapter's metrics and MariaDB
+    # stay on loopback, whatever IOT_BIND_ADDRESS says.
+    listening = {
+        port: listening_addresses(int(local_env[port])) for port in (*PORTS, "IOT_INFLUXDB_RPC_PORT")
+    }
+    assert listening == {
+        "IOT_MQTT_PORT": {"0.0.0.0"},
+        "IOT_AUTH_PORT": {"0.0.0.0"},
+        "IOT_INFLUXDB_PORT": {"127.0.0.1"},
+        "IOT_INFLUXDB_RPC_PORT": {"127.0.0.1"},
+        "IOT_ADAPTER_METRICS_PORT": {"127.0.0.1"},
+        "IOT_MYSQL_PORT": {"127.0.0.1"},
+    }
+    assert "InfluxDB     http://127.0.0.1:" in started.stdout
+    # Where the secrets are, never their values: not in the output, not in any process's
+    # arguments (every process runs now: they are long-lived).
+    secrets = [path.read_text().strip() for path in (state / "local" / "secrets").iterdir()]
+    assert len(secrets) >= 3
+    assert leaks([started.stdout, started.stderr, *command_lines().values()], secrets) == []
+    assert "secrets/auth_admin_password" in started.stdout
     # Neither -y nor a terminal to ask: the processes stop, the data stays.
     cleaned = run("clean.sh", local_env)
     assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr

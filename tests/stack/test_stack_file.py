@@ -1,5 +1,6 @@
 """stack.yml keeps the platform's promises: segmentation, published ports, pinned images,
-secrets, persistence, limits and health checks (CONTRACT section 6)."""
+secrets, persistence, limits and health checks (CONTRACT section 6), in the default profile
+and in the secure one (stack.yml + stack.secure.yml): the `stack` fixture is each in turn."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 from tests.servers import REPO_ROOT
+from tests.stack.conftest import stack_config
 
 # CONTRACT section 6, "Required pairs", one line each; Prometheus' pairs are the
 # services it scrapes (the adapter, the auth server, Kong, InfluxDB, Grafana), and the
@@ -58,12 +60,21 @@ SERVICES = {
     "alertmanager",
 }
 
-# (service, published port, container port): exactly these, nothing else published.
+# (service, published port, container port): exactly these, nothing else published. The
+# secure profile publishes MQTT over TLS and HTTPS instead of MQTT and HTTP.
 PUBLISHED = {
-    ("mqtt_broker", 1883, 1883),
-    ("grafana", 80, 3000),
-    ("phpmyadmin", 8081, 80),
-    ("kong", 8080, 8000),
+    "open": {
+        ("mqtt_broker", 1883, 1883),
+        ("grafana", 80, 3000),
+        ("phpmyadmin", 8081, 80),
+        ("kong", 8080, 8000),
+    },
+    "secure": {
+        ("mqtt_broker", 8883, 8883),
+        ("grafana", 80, 3000),
+        ("phpmyadmin", 8081, 80),
+        ("kong", 8443, 8443),
+    },
 }
 
 VERSION = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
@@ -147,14 +158,15 @@ def test_networks_are_overlay_networks_of_the_stack(stack: dict[str, Any]) -> No
         assert not network.get("attachable"), f"{name}: no container outside the stack may join"
 
 
-def test_published_ports_are_exactly_the_four_public_ones(stack: dict[str, Any]) -> None:
+def test_published_ports_are_exactly_the_four_public_ones(stack: dict[str, Any], profile: str) -> None:
     published = {
         (name, int(port["published"]), int(port["target"]))
         for name, service in stack["services"].items()
         for port in service.get("ports") or []
     }
-    assert published == PUBLISHED
-    assert {p for _, p, _ in published} == {1883, 80, 8081, 8080}
+    assert published == PUBLISHED[profile]
+    public = {"open": {1883, 80, 8081, 8080}, "secure": {8883, 80, 8081, 8443}}[profile]
+    assert {p for _, p, _ in published} == public
 
 
 @pytest.mark.parametrize("name", sorted(SERVICES))
@@ -263,6 +275,9 @@ def test_passwords_come_only_from_secret_files(stack: dict[str, Any]) -> None:
             if re.search(r"PASSWORD|SECRET", key):
                 assert key.endswith("_FILE"), f"{name}: {key} must be read from a secret file"
                 assert value in targets, f"{name}: {key}={value} is not one of its secrets"
+            # Every secret a setting names (INFLUX_USERS, Kong's key...) is mounted there.
+            for path in re.findall(r"/run/secrets/[\w.-]+", value):
+                assert path in targets, f"{name}: {key} names {path}, which is not one of its secrets"
     for key, secret in stack["secrets"].items():
         assert secret["name"].startswith("iot_")
         if key == "alertmanager_config":
@@ -298,14 +313,156 @@ def test_grafana_provisioning_mounts_match_the_provider(stack: dict[str, Any]) -
     assert home in targets
 
 
-def test_kong_is_db_less_with_admin_api_off(stack: dict[str, Any]) -> None:
+def test_grafana_links_point_at_the_platform(stack: dict[str, Any], tmp_path: Path) -> None:
+    # Deployed by hand: port 80 of the machine itself (Grafana's own default would be :3000).
+    assert env(stack["services"]["grafana"])["GF_SERVER_ROOT_URL"] == "http://localhost/"
+    # run.sh passes the node's address (or the operator's GRAFANA_ROOT_URL) through.
+    chosen = stack_config({"GRAFANA_ROOT_URL": "https://grafana.example.com/"}, tmp_path)
+    assert env(chosen["services"]["grafana"])["GF_SERVER_ROOT_URL"] == "https://grafana.example.com/"
+
+
+def test_grafana_metrics_need_a_login(stack: dict[str, Any]) -> None:
+    # Port 80 is public and Grafana serves /metrics there too; with a user name and a
+    # password set it answers 401 to everyone else (pkg/api/http_server.go).
+    grafana = env(stack["services"]["grafana"])
+    assert grafana["GF_METRICS_BASIC_AUTH_USERNAME"]
+    assert grafana["GF_METRICS_BASIC_AUTH_PASSWORD__FILE"] == "/run/secrets/grafana_metrics_password"
+    assert str(grafana.get("GF_METRICS_ENABLED", "true")).lower() == "true", "Prometheus scrapes it"
+
+
+def test_kong_is_db_less_with_admin_api_off(stack: dict[str, Any], profile: str) -> None:
     kong = stack["services"]["kong"]
     settings = env(kong)
     assert settings["KONG_DATABASE"] == "off"
     assert settings["KONG_ADMIN_LISTEN"] == "off"
     assert settings["KONG_STATUS_LISTEN"].endswith(":8100")
-    assert settings["KONG_PROXY_LISTEN"].endswith(":8000")
     assert settings["KONG_DECLARATIVE_CONFIG"] in {ref["target"] for ref in kong["configs"]}
+    # One proxy listener, the published one: plain HTTP, or in the secure profile HTTPS only.
+    (port,) = kong["ports"]
+    listen = {"open": f"0.0.0.0:{port['target']}", "secure": f"0.0.0.0:{port['target']} ssl"}[profile]
+    assert settings["KONG_PROXY_LISTEN"] == listen
+    secrets = {f"/run/secrets/{ref['target']}" for ref in kong.get("secrets") or []}
+    if profile == "secure":
+        assert {settings["KONG_SSL_CERT"], settings["KONG_SSL_CERT_KEY"]} <= secrets
+    else:
+        assert "KONG_SSL_CERT" not in settings and not secrets
+
+
+# Settings that would make Kong take a client's address from a request header (which any
+# client can write) instead of the connection: none may be set (Kong 3.8 trusts no
+# forwarding header unless trusted_ips lists the sender).
+KONG_FORWARDING_SETTINGS = ("KONG_TRUSTED_IPS", "KONG_REAL_IP_HEADER", "KONG_REAL_IP_RECURSIVE")
+
+
+def test_kong_sees_each_clients_own_address(stack: dict[str, Any]) -> None:
+    kong = stack["services"]["kong"]
+    (port,) = kong["ports"]
+    # Host mode: the routing mesh (ingress) would replace every client's address with the
+    # node's own, so that all clients shared one rate-limit budget.
+    assert port["mode"] == "host"
+    # On every node, so that every node's address answers as with the routing mesh.
+    assert kong["deploy"]["mode"] == "global"
+    assert "replicas" not in kong["deploy"]
+    # A host-mode port is held by one task per node: the old task must go first.
+    assert kong["deploy"]["update_config"]["order"] == "stop-first"
+    assert kong["deploy"]["rollback_config"]["order"] == "stop-first"
+    assert not set(KONG_FORWARDING_SETTINGS) & set(env(kong))
+
+
+def test_mysql_root_is_never_reachable_from_phpmyadmin(stack: dict[str, Any]) -> None:
+    # New volumes: root exists for localhost only (inside the mysql container).
+    assert env(stack["services"]["mysql"])["MYSQL_ROOT_HOST"] == "localhost"
+    # Any volume (also one set up with root@'%'): phpMyAdmin refuses the name root.
+    phpmyadmin = stack["services"]["phpmyadmin"]
+    (ref,) = [r for r in phpmyadmin["configs"] if r["target"] == "/etc/phpmyadmin/config.user.inc.php"]
+    settings = Path(stack["configs"][ref["source"]]["file"]).read_text()
+    assert "['AllowRoot'] = false;" in settings
+    assert "['AllowNoPassword'] = false;" in settings
+    assert "PMA_USER" not in env(phpmyadmin), "no stored login: everyone types their own"
+
+
+def test_influxdb_clients_log_in_as_their_own_users(stack: dict[str, Any], profile: str) -> None:
+    """Each client of InfluxDB has its own user (ignored without authentication); in the
+    secure profile InfluxDB creates exactly those users, with exactly these rights, from the
+    same secrets."""
+    datasources = yaml.safe_load(
+        (REPO_ROOT / "grafana_db/grafana_provisioning/datasources/datasources.yml").read_text()
+    )
+    (influx_source,) = [ds for ds in datasources["datasources"] if ds["type"] == "influxdb"]
+    grafana_password = re.fullmatch(r"\$__file\{(.+)\}", influx_source["secureJsonData"]["basicAuthPassword"])
+    assert grafana_password is not None
+    clients = {
+        env(stack["services"]["adapter"])["INFLUXDB_USERNAME"]: (
+            "WRITE",
+            env(stack["services"]["adapter"])["INFLUXDB_PASSWORD_FILE"],
+        ),
+        env(stack["services"]["auth_server"])["INFLUXDB_USERNAME"]: (
+            "ALL",
+            env(stack["services"]["auth_server"])["INFLUXDB_PASSWORD_FILE"],
+        ),
+        influx_source["basicAuthUser"]: ("READ", grafana_password.group(1)),
+    }
+    grafana_secrets = {f"/run/secrets/{r['target']}" for r in stack["services"]["grafana"]["secrets"]}
+    assert grafana_password.group(1) in grafana_secrets
+    influxdb = env(stack["services"]["influxdb"])
+    if profile == "open":
+        assert influxdb["INFLUXDB_HTTP_AUTH_ENABLED"] == "false"
+        assert "INFLUX_USERS" not in influxdb
+        return
+    assert influxdb["INFLUXDB_HTTP_AUTH_ENABLED"] == "true"
+    assert influxdb["INFLUXDB_CONTINUOUS_QUERIES_ENABLED"] == "false"
+    users = {}
+    for entry in influxdb["INFLUX_USERS"].split():
+        name, right, path = entry.split(":")
+        users[name] = (right, path)
+    assert users == clients
+    assert influxdb["INFLUX_ADMIN_USER"] not in users
+    assert stack["services"]["influxdb"]["entrypoint"] == [
+        "/docker-entrypoint-initdb.d/init_influx_db.sh",
+        "--serve",
+    ]
+
+
+def test_the_adapter_serves_its_metrics_on_its_overlay_networks(stack: dict[str, Any]) -> None:
+    # The adapter's own default is loopback; in the stack Prometheus must reach it.
+    assert env(stack["services"]["adapter"])["METRICS_ADDRESS"] == "0.0.0.0"
+
+
+def test_the_secure_profile_changes_only_what_it_says(
+    open_stack: dict[str, Any], secure_stack: dict[str, Any]
+) -> None:
+    """stack.secure.yml and the port variables change exactly these settings; every other
+    one is the default profile's."""
+
+    def flat(value: Any, path: str = "") -> dict[str, Any]:
+        if isinstance(value, dict):
+            return {k: v for key, item in value.items() for k, v in flat(item, f"{path}/{key}").items()}
+        if isinstance(value, list) and all(isinstance(item, dict) for item in value) and value:
+            keyed = {str(item.get("source", item.get("target", i))): item for i, item in enumerate(value)}
+            return {k: v for key, item in keyed.items() for k, v in flat(item, f"{path}/{key}").items()}
+        return {path: value}
+
+    before, after = flat(open_stack), flat(secure_stack)
+    changed = {path for path in before.keys() | after.keys() if before.get(path) != after.get(path)}
+    expected_prefixes = (
+        "/services/mqtt_broker/ports/",
+        "/services/mqtt_broker/secrets/mqtt_tls_",
+        "/services/kong/ports/",
+        "/services/kong/environment/KONG_PROXY_LISTEN",
+        "/services/kong/environment/KONG_SSL_CERT",
+        "/services/kong/secrets/kong_tls_",
+        "/services/influxdb/entrypoint",
+        "/services/influxdb/environment/",
+        "/services/influxdb/secrets/",
+        "/services/auth_server/environment/MQTT_SECURE",
+        "/configs/mosquitto_conf/file",
+        "/secrets/influxdb_admin_password/",
+        "/secrets/mqtt_tls_",
+        "/secrets/kong_tls_",
+    )
+    unexpected = sorted(path for path in changed if not path.startswith(expected_prefixes))
+    assert unexpected == []
+    assert any(path.startswith("/services/kong/ports/") for path in changed)
 
 
 def test_influxdb_runs_the_init_script_on_first_start(stack: dict[str, Any]) -> None:
@@ -313,7 +470,6 @@ def test_influxdb_runs_the_init_script_on_first_start(stack: dict[str, Any]) -> 
     (ref,) = [r for r in influxdb["configs"] if r["target"].startswith("/docker-entrypoint-initdb.d/")]
     assert Path(stack["configs"][ref["source"]]["file"]) == REPO_ROOT / "database/init_influx_db.sh"
     assert ref["mode"] & 0o555 == 0o555
-    assert env(influxdb)["INFLUXDB_HTTP_AUTH_ENABLED"] == "false"
 
 
 def test_services_reach_every_host_they_are_configured_with(stack: dict[str, Any]) -> None:
@@ -386,8 +542,12 @@ def test_adapter_and_auth_server_agree_on_the_adapter_account(stack: dict[str, A
     assert exporter["MQTT_USERNAME"] == auth["BROKER_EXPORTER_MQTT_USERNAME"]
     assert exporter["MQTT_PASSWORD_FILE"] == auth["BROKER_EXPORTER_MQTT_PASSWORD_FILE"]
     assert adapter["MQTT_TOPIC"] == "#"
-    # One persistent session per replica slot (Swarm fills in the template).
-    assert "{{.Task.Slot}}" in adapter["MQTT_CLIENT_ID"]
+    # One persistent session per replica slot (Swarm fills in the template), named after a
+    # secret so that nobody can take it over.
+    assert "MQTT_CLIENT_ID" not in adapter
+    assert adapter["MQTT_CLIENT_ID_FILE"] == "/run/secrets/adapter_mqtt_client_id"
+    assert "{{.Task.Slot}}" in adapter["MQTT_CLIENT_ID_SUFFIX"]
+    assert stack["secrets"]["adapter_mqtt_client_id"]["name"] == "iot_adapter_mqtt_client_id"
 
 
 def test_auth_server_and_mysql_agree_on_the_account(stack: dict[str, Any]) -> None:

@@ -94,7 +94,8 @@ initialise() {
       sql+="GRANT ALL ON $(sql_identifier "$MYSQL_DATABASE").* TO $(sql_string "$MYSQL_USER")@'%';"
     fi
   fi
-  client -e "$sql FLUSH PRIVILEGES;"
+  # On standard input: the statements hold passwords, which must not be arguments.
+  client <<<"$sql FLUSH PRIVILEGES;"
 
   # From here on root needs its password.
   local defaults

@@ -1,0 +1,1 @@
+"""Helpers of ./backup.sh and ./restore.sh that need Python (run inside helper containers)."""
