@@ -34,6 +34,8 @@ def test_stack_on_three_nodes_survives_a_lost_node_and_a_drain() -> None:
         [
             "placement",
             "simulator_to_influxdb",
+            "kong_client_addresses",
+            "mysql_root_only_inside_its_container",
             "network_isolation",
             "node_loss",
             "node_back",
