@@ -282,6 +282,8 @@ teardown_nodes() {
     if [[ -e /run/netns/$(node_netns "$node") ]]; then ip netns del "$(node_netns "$node")"; fi
   done
   if [[ -e /run/netns/$LAN_NETNS ]]; then ip netns del "$LAN_NETNS"; fi
+  # Kong's clients of check_kong_client_addresses, if a run was stopped while they existed.
+  remove_client_namespaces
   if [[ -f $NODES_RUN/made-run-containerd ]]; then rmdir /run/containerd 2>/dev/null || true; fi
   rm -rf "$NODES_RUN"
 }
