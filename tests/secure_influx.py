@@ -22,7 +22,7 @@ DATABASE = "IoT_Devices"
 # InfluxDB would run it; without the service, nothing runs it.
 NO_CONTINUOUS_QUERIES = "[continuous_queries]\n  enabled = false\n"
 # INFLUX_USERS of the stack: name -> the right it gets on IoT_Devices.
-USERS = {"adapter": "WRITE", "auth_server": "ALL", "grafana": "READ"}
+USERS = {"adapter": "ALL", "auth_server": "ALL", "grafana": "READ"}
 # What the stack's rights show as in SHOW GRANTS.
 SHOWN_AS = {"READ": "READ", "WRITE": "WRITE", "ALL": "ALL PRIVILEGES"}
 

@@ -25,8 +25,8 @@ def stored(secure_influx: SecureInflux, station: str) -> int:
     return sum(int(series["values"][0][1]) for series in answer.json()["results"][0].get("series", []))
 
 
-def publish_readings(publisher: Publisher, station: str, count: int) -> None:
-    for i in range(count):
+def publish_readings(publisher: Publisher, station: str, count: int, first: int = 0) -> None:
+    for i in range(first, first + count):
         publisher.publish(
             f"SEC/{station}", json.dumps({"BAT": i, "TEMP": 20.5, "timestamp": 1_700_000_000 + i})
         )
@@ -69,30 +69,33 @@ def test_refused_credentials_hold_the_messages_until_they_are_fixed(
     wrong.write_text("not-the-adapter-password")
     client_id = f"adapter-{station}"
     settings = {"INFLUXDB_USERNAME": "adapter", "MQTT_CLIENT_ID": client_id}
-    refused = make_adapter(
-        broker, secure_influx.server, DATABASE, INFLUXDB_PASSWORD_FILE=str(wrong), **settings
-    )
+    right = str(secure_influx.accounts.file("adapter"))
+    # An earlier run made the adapter's persistent session; then its password is changed wrongly.
+    first = make_adapter(broker, secure_influx.server, DATABASE, INFLUXDB_PASSWORD_FILE=right, **settings)
     publish_readings(publisher, station, 50)
-    # Not a crash and not a drop: a deployment problem, retried with the messages held.
-    wait_for(lambda: refused.metric("adapter_write_retries_total") >= 2, 30, "retries")
-    assert "HTTP 401" in refused.log_text()
-    assert refused.metric("adapter_influxdb_up") == 0
+    wait_for(lambda: stored(secure_influx, station) == 100, 30, "the first 50 messages' 100 points")
+    first.stop()
+
+    refused = make_adapter(
+        broker, secure_influx.server, DATABASE, start=False, INFLUXDB_PASSWORD_FILE=str(wrong), **settings
+    )
+    # It reads InfluxDB's series before it reads the broker, so it never subscribes: started
+    # once it has been refused.
+    refused.ready = lambda: "HTTP 401" in refused.log_text() or "401:" in refused.log_text()  # type: ignore[method-assign]
+    refused.start()
+    publish_readings(publisher, station, 50, first=50)
+    # Not a crash and not a drop: a deployment problem, retried while the broker holds the
+    # messages in the session.
+    wait_for(lambda: refused.log_text().count("authorization failed") >= 2, 30, "retries")
+    assert refused.metric("adapter_mqtt_connected") == 0
     assert refused.metric("adapter_points_dropped_total") == 0
     assert refused.proc is not None and refused.proc.poll() is None
-    assert stored(secure_influx, station) == 0
-    # Its graceful stop would keep retrying for the whole grace period; the orchestrator then
-    # kills it, and the unacknowledged messages stay with the broker.
+    assert stored(secure_influx, station) == 100
     refused.kill()
 
-    # Fixed (the right secret), the same session gets every held message again.
-    fixed = make_adapter(
-        broker,
-        secure_influx.server,
-        DATABASE,
-        INFLUXDB_PASSWORD_FILE=str(secure_influx.accounts.file("adapter")),
-        **settings,
-    )
-    wait_for(lambda: stored(secure_influx, station) == 100, 30, "all 100 points once the password is right")
+    # Fixed (the right secret), the same session gets every held message.
+    fixed = make_adapter(broker, secure_influx.server, DATABASE, INFLUXDB_PASSWORD_FILE=right, **settings)
+    wait_for(lambda: stored(secure_influx, station) == 200, 30, "all 200 points once the password is right")
     assert fixed.metric("adapter_write_retries_total") == 0
 
 
@@ -108,7 +111,12 @@ def test_metrics_listen_on_loopback_unless_told_otherwise(
     address: str | None,
     listening: set[str],
 ) -> None:
-    settings = {} if address is None else {"METRICS_ADDRESS": address}
+    settings = {
+        "INFLUXDB_USERNAME": "adapter",
+        "INFLUXDB_PASSWORD_FILE": str(secure_influx.accounts.file("adapter")),
+    }
+    if address is not None:
+        settings["METRICS_ADDRESS"] = address
     adapter = make_adapter(broker, secure_influx.server, DATABASE, **settings)
     assert listening_addresses(adapter.metrics_port) == listening
     assert adapter.metric("adapter_mqtt_connected") == 1
