@@ -1,10 +1,12 @@
 """Each project image holds every module its own modules import: the files its Dockerfile
-COPYs (from the repository root, the build context) are put where the image puts them, and
-every one of them is imported from there alone, with the image's Python packages."""
+COPYs from the build context run.sh gives it (`build_image NAME DOCKERFILE VAR PATH...`)
+are put where the image puts them, and every one of them is imported from there alone, with
+the image's Python packages."""
 
 from __future__ import annotations
 
 import glob
+import re
 import shutil
 import subprocess
 import sys
@@ -22,8 +24,21 @@ DOCKERFILES = [
 ]
 
 
+def build_contexts() -> dict[str, list[str]]:
+    """{Dockerfile: the paths run.sh puts into its build context}."""
+    text = (REPO_ROOT / "run.sh").read_text(encoding="utf-8").replace("\\\n", " ")
+    found = re.findall(r"^\s*build_image \S+ (\S+) \S+ (.+)$", text, re.M)
+    return {dockerfile: paths.split() for dockerfile, paths in found}
+
+
+def in_context(path: str, context: list[str]) -> bool:
+    return any(path == entry or path.startswith(entry.rstrip("/") + "/") for entry in context)
+
+
 def copy_as_the_image_does(dockerfile: str, app: Path) -> list[Path]:
-    """The COPY instructions into the working directory, done into `app`; the .py files copied."""
+    """The COPY instructions into the working directory, done into `app` from run.sh's build
+    context of the image; the .py files copied."""
+    context = build_contexts()[dockerfile]
     for line in (REPO_ROOT / dockerfile).read_text(encoding="utf-8").splitlines():
         if not line.startswith("COPY "):
             continue
@@ -31,7 +46,9 @@ def copy_as_the_image_does(dockerfile: str, app: Path) -> list[Path]:
         if dest.startswith("/"):
             continue  # outside the working directory (requirements read at build time)
         for source in sources:
-            for found in sorted(glob.glob(source, root_dir=REPO_ROOT)):
+            matches = [m for m in sorted(glob.glob(source, root_dir=REPO_ROOT)) if in_context(m, context)]
+            assert matches, f"{dockerfile} copies {source}, which run.sh's build context {context} lacks"
+            for found in matches:
                 origin = REPO_ROOT / found
                 target = app / dest / origin.name if dest.endswith("/") else app / dest
                 if origin.is_dir():
