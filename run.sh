@@ -506,7 +506,7 @@ ensure_tls() {
     if [[ ! -s $TLS_DIR/$server.crt && ${CI:-} == true ]]; then
       # The CA's key would be kept only in the job's workspace, and lost with it.
       die "no $TLS_DIR/$server.crt and $server.key: in CI, give the certificates (IOT_TLS_DIR,
-  see the README's security section); run.sh makes a private CA only outside CI"
+  see docs/security.md); run.sh makes a private CA only outside CI"
     fi
     mapfile -t names < <(tls_default_names)
     tls_make_server_cert "$TLS_DIR" "$server" "${names[@]}"
