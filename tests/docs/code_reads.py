@@ -214,13 +214,15 @@ def _shell_words(line: str) -> list[str]:
         return line.split()
 
 
-def run_sh_settings(run_sh: Path, stack_files: Iterable[Path]) -> set[str]:
+def run_sh_settings(run_sh: Path, stack_files: Iterable[Path], sourced: Iterable[Path] = ()) -> set[str]:
     """The variables a user may set for run.sh: those it reads with a default, those its
     indirect readers are called with, and those the stack files interpolate that run.sh does
-    not set itself. A family of names is returned as `PREFIX<NAME>`."""
+    not set itself, in run.sh and the scripts it sources (which use its readers). A family of
+    names is returned as `PREFIX<NAME>`."""
     # Comments name variables in prose (`local_port_setting VARIABLE DEFAULT`): not reads.
     # Nor does the usage text (a here-document) show reads: `ADAPTER_REPLICAS=3 ...` there is an example.
-    text = re.sub(r"^\s*#.*$", "", run_sh.read_text(), flags=re.M)
+    source = "\n".join(p.read_text() for p in (run_sh, *sourced))
+    text = re.sub(r"^\s*#.*$", "", source, flags=re.M)
     text = re.sub(r"<<'?(\w+)'?\n.*?\n\1\n", "\n", text, flags=re.S)
     settings = set(_DEFAULTED.findall(text))
     readers, families = indirect_readers(text)

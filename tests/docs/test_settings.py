@@ -17,6 +17,8 @@ from tests.docs.markdown import DOCS, code_spans, section, tables
 from tests.servers import REPO_ROOT
 
 STACK_FILES = (REPO_ROOT / "stack.yml", REPO_ROOT / "stack.secure.yml")
+# run.sh's local mode sources it when it exists (the auth server and MariaDB).
+RUN_SH_SOURCED = (REPO_ROOT / "auth_server" / "local.sh",)
 SHARED_CONFIG = REPO_ROOT / "adapter" / "config.py"
 _SETTING = re.compile(rf"{code_reads.ENV_NAME.pattern}(?:<NAME>)?|[A-Z][A-Z0-9_]*_<NAME>")
 
@@ -90,7 +92,7 @@ COMPONENTS = [
     ),
     Component(
         "run.sh",
-        lambda: code_reads.run_sh_settings(REPO_ROOT / "run.sh", STACK_FILES),
+        lambda: code_reads.run_sh_settings(REPO_ROOT / "run.sh", STACK_FILES, RUN_SH_SOURCED),
         lambda: (
             documented_variables("stack.md", "runsh") | documented_variables("local-mode.md", "local-mode")
         ),
