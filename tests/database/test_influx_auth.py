@@ -124,7 +124,7 @@ def test_writers_write_and_only_the_admin_drops(secure_influx: SecureInflux) -> 
     for writer in ("adapter", "auth_server"):
         assert secure_influx.query('SELECT * FROM "RPi_2.BAT"', writer).status_code == 200, writer
         assert secure_influx.query("SHOW SERIES", writer).status_code == 200, writer
-        assert secure_influx.query('CREATE USER "x" WITH PASSWORD \'y\'', writer).status_code == 403, writer
+        assert secure_influx.query("CREATE USER \"x\" WITH PASSWORD 'y'", writer).status_code == 403, writer
     assert secure_influx.points("RPi_2.BAT") == [["2023-11-14T22:13:21Z", 50]]
 
 
