@@ -665,9 +665,9 @@ swarm_mode() {
   build_image auth-server auth_server/Dockerfile AUTH_SERVER_IMAGE auth_server adapter
   # The simulator takes its paho-mqtt pin from the adapter's requirements.
   build_image simulator simulator/Dockerfile SIMULATOR_IMAGE simulator adapter/requirements.txt
-  # The broker exporter too, and the adapter's settings helpers.
+  # The broker exporter too, and the adapter's settings helpers (which import its contract).
   build_image broker-exporter broker_exporter/Dockerfile BROKER_EXPORTER_IMAGE broker_exporter \
-    adapter/__init__.py adapter/config.py adapter/requirements.txt
+    adapter/__init__.py adapter/config.py adapter/contract.py adapter/requirements.txt
   ensure_secrets
   render_alertmanager_config
   export_mode

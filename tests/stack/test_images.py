@@ -1,15 +1,17 @@
 """Each project image holds every module its program imports.
 
-The Dockerfiles copy only some of the repository's files (the auth server and the broker
-exporter take a few of the adapter's modules). A new import between them then breaks only
-the built image, at start, in the stack. Here each image's files are laid out as its COPY
-lines put them, and its program is loaded from them alone, without Docker: Python's own
-import of every module, with the test environment's packages standing in for the image's
-pip installs."""
+run.sh sends each image build only some of the repository's files as its context, and the
+Dockerfiles copy only some of those (the auth server and the broker exporter take a few of
+the adapter's modules). A new import between them then breaks only the built image: at
+build time, or at start in the stack. Here each image's context is made from run.sh's
+`build_image` line, its files are laid out as its COPY lines put them, and every module is
+imported from them alone, without Docker, with the test environment's packages standing in
+for the image's pip installs."""
 
 from __future__ import annotations
 
 import glob
+import re
 import shlex
 import shutil
 import subprocess
@@ -62,16 +64,37 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
     return result
 
 
-def lay_out(image: str, app: Path) -> None:
-    """Copies what the image's COPY lines copy from the repository into `app` (its WORKDIR)."""
-    for word, args in instructions(REPO_ROOT / image / "Dockerfile"):
+def build_contexts() -> dict[str, list[str]]:
+    """Dockerfile -> the paths run.sh sends as its build context (`build_image NAME
+    DOCKERFILE VARIABLE PATH...`)."""
+    script = (REPO_ROOT / "run.sh").read_text(encoding="utf-8").replace("\\\n", " ")
+    calls = re.findall(r"^\s*build_image\s+(\S+)\s+(\S+)\s+(\S+)\s+(.+)$", script, re.MULTILINE)
+    return {dockerfile: paths.split() for _, dockerfile, _, paths in calls}
+
+
+def make_context(image: str, context: Path) -> None:
+    for relative in build_contexts()[f"{image}/Dockerfile"]:
+        source, target = REPO_ROOT / relative, context / relative
+        assert source.exists(), f"run.sh sends {relative}, which does not exist"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, target)
+
+
+def lay_out(context: Path, image: str, app: Path) -> None:
+    """Copies what the image's COPY lines copy from its build context into `app` (its WORKDIR)."""
+    for word, args in instructions(context / image / "Dockerfile"):
         if word != "COPY":
             continue
         *sources, dest = [arg for arg in shlex.split(args) if not arg.startswith("--")]
         if dest.startswith("/"):
             continue  # outside the WORKDIR: requirement files for pip
         for source in sources:
-            for path in map(Path, sorted(glob.glob(str(REPO_ROOT / source)))):
+            found = sorted(glob.glob(str(context / source)))
+            assert found, f"{image}/Dockerfile copies {source}, which run.sh leaves out of its build context"
+            for path in map(Path, found):
                 if path.is_dir():  # Docker copies a folder's content
                     shutil.copytree(path, app / dest, dirs_exist_ok=True)
                     continue
@@ -82,9 +105,10 @@ def lay_out(image: str, app: Path) -> None:
 
 @pytest.mark.parametrize("image", IMAGES)
 def test_the_image_holds_every_module_its_program_imports(image: str, tmp_path: Path) -> None:
-    app = tmp_path / "app"
+    context, app = tmp_path / "context", tmp_path / "app"
     app.mkdir()
-    lay_out(image, app)
+    make_context(image, context)
+    lay_out(context, image, app)
     assert any(app.rglob("*.py")), f"{image}: its Dockerfile copies no Python file"
     # -I: neither the checkout nor PYTHONPATH is on sys.path; the image's WORKDIR is.
     script = f"import sys; sys.path.insert(0, {str(app)!r}); exec({CHECKER!r})"
