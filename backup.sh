@@ -82,6 +82,9 @@ backup_state() {
   mkdir -p "$ROOT/state"
   for file in "$state_dir"/*; do
     [[ -f $file ]] || continue
+    # Local mode's adapter client id names the broker session whose queue is in the
+    # broker's part of the archive: it travels with it (mosquitto_backup).
+    [[ $(basename "$file") == "$ADAPTER_CLIENT_ID_FILE" ]] && continue
     if [[ $(stat -c %a "$file") == ?00 ]]; then
       private+=("$(basename "$file")")
       continue

@@ -402,7 +402,7 @@ note_adapter_scale_down() {
   log "Note: the adapter goes from $running replicas to $wanted on a shared subscription."
   note "The broker keeps the session of $slots and goes on queuing its share of the devices'"
   note "messages; they are stored when that slot runs again: ADAPTER_REPLICAS=$running ./run.sh"
-  note "(README: The adapter, Scaling out)."
+  note "(docs/scaling.md: Scaling down)."
 }
 
 # --- TLS certificates (the secure profile) -----------------------------------------
@@ -537,7 +537,7 @@ ensure_tls() {
     if [[ ! -s $TLS_DIR/$server.crt && ${CI:-} == true ]]; then
       # The CA's key would be kept only in the job's workspace, and lost with it.
       die "no $TLS_DIR/$server.crt and $server.key: in CI, give the certificates (IOT_TLS_DIR,
-  see the README's security section); run.sh makes a private CA only outside CI"
+  see docs/security.md); run.sh makes a private CA only outside CI"
     fi
     mapfile -t names < <(tls_default_names)
     tls_make_server_cert "$TLS_DIR" "$server" "${names[@]}"
@@ -696,7 +696,7 @@ swarm_mode() {
   build_image auth-server auth_server/Dockerfile AUTH_SERVER_IMAGE auth_server adapter
   # The simulator takes its paho-mqtt pin from the adapter's requirements.
   build_image simulator simulator/Dockerfile SIMULATOR_IMAGE simulator adapter/requirements.txt
-  # The broker exporter too, and the adapter's settings helpers (with the contract they import).
+  # The broker exporter too, and the adapter's settings helpers (which import its contract).
   build_image broker-exporter broker_exporter/Dockerfile BROKER_EXPORTER_IMAGE broker_exporter \
     adapter/__init__.py adapter/config.py adapter/contract.py adapter/requirements.txt
   ensure_secrets

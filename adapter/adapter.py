@@ -3,7 +3,7 @@
 Delivery is at-least-once: messages arrive with QoS 1 on a persistent session and are
 acknowledged to the broker only after InfluxDB accepted their points, or refused them for
 good. Run it as `python adapter/adapter.py`; every setting comes from the environment (see
-README).
+docs/adapter.md).
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ NS_PER_S = 1_000_000_000
 class Limits:
     """What one message may hold, and how many series may exist: the same for MQTT and HTTP.
 
-    Every bound is a documented setting (README, adapter configuration); lengths count
+    Every bound is a documented setting (docs/adapter.md, Configuration); lengths count
     characters. The defaults leave room for any real device while keeping a hostile
     message's cost small: at most `max_points_per_message` lines of bounded length.
     """

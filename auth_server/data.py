@@ -66,7 +66,14 @@ def _series_budget() -> SeriesBudgetKeeper:
     keeper = current_app.extensions.get("series_budget")
     if keeper is None:
         config: AuthConfig = current_app.config["AUTH"]
-        reader = InfluxWriter(config.influxdb_host, config.influxdb_port, config.influxdb_database, 60)
+        reader = InfluxWriter(
+            config.influxdb_host,
+            config.influxdb_port,
+            config.influxdb_database,
+            60,
+            username=config.influxdb_username,
+            password=config.influxdb_password,
+        )
         budget = SeriesBudget(config.limits.max_series_per_device, config.limits.max_series)
         keeper = current_app.extensions.setdefault(
             "series_budget", SeriesBudgetKeeper(budget, reader, config.series_refresh_s)

@@ -11,11 +11,14 @@
 #   NAME/mysql/iot_accounts.sql.gz   mysqldump --single-transaction of the accounts database
 #   NAME/grafana/grafana.db.gz       Grafana's SQLite database (Swarm only; local mode has none)
 #   NAME/mosquitto/            the broker's persistence file (queues, sessions, retained messages)
-#                              and, when it exists, the dynamic-security plugin's file
+#                              and, when it exists, the dynamic-security plugin's file; in local
+#                              mode also the adapter's client id, the name of its session there
 #   NAME/state/                run.sh's small state files (.state/MODE/*), for reference
 #   NAME/secrets/              only with backup.sh --with-secrets: .state/MODE/secrets/*
 
 readonly BACKUP_FORMAT=1
+# Local mode's adapter client id (run.sh), a file of .state/local/.
+readonly ADAPTER_CLIENT_ID_FILE=adapter_mqtt_client_id
 # Not readonly: clean.sh, whose functions backup/local.sh uses, sets it too.
 STACK=iot
 readonly INFLUX_DATABASE=IoT_Devices

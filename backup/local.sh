@@ -148,6 +148,11 @@ mosquitto_backup() {
   for file in mosquitto.db dynamic-security.json; do
     if [[ -f $dir/$file ]]; then cp "$dir/$file" "$1/" || return 1; fi
   done
+  # The adapter's session in mosquitto.db is found by this name: without it, what the
+  # broker queued for the adapter would wait for a client that never comes.
+  if [[ -f $LOCAL_DIR/$ADAPTER_CLIENT_ID_FILE ]]; then
+    (umask 077 && cp "$LOCAL_DIR/$ADAPTER_CLIENT_ID_FILE" "$1/") || return 1
+  fi
 }
 
 mosquitto_restore() {
@@ -158,6 +163,10 @@ mosquitto_restore() {
     cp "$1/$file" "$dir/$file.restore" && mv -f "$dir/$file.restore" "$dir/$file" || return 1
   done
   rm -f "$dir/mosquitto.db.new"
+  if [[ -f $1/$ADAPTER_CLIENT_ID_FILE ]]; then
+    (umask 077 && cp "$1/$ADAPTER_CLIENT_ID_FILE" "$LOCAL_DIR/$ADAPTER_CLIENT_ID_FILE.restore") &&
+      mv -f "$LOCAL_DIR/$ADAPTER_CLIENT_ID_FILE.restore" "$LOCAL_DIR/$ADAPTER_CLIENT_ID_FILE" || return 1
+  fi
 }
 
 # --- Around a restore -----------------------------------------------------------------

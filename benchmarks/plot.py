@@ -1,4 +1,4 @@
-"""Draws benchmarks/results/ingest.json as the PNG plots the README shows.
+"""Draws benchmarks/results/ingest.json as the PNG plots docs/benchmarks.md shows.
 
 .venv/bin/python -m benchmarks.plot
 """

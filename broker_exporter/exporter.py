@@ -1,6 +1,6 @@
 """Subscribes to Mosquitto's `$SYS/#` and serves the latest values as Prometheus metrics.
 
-    python -m broker_exporter        (settings: see README, "Broker metrics")
+    python -m broker_exporter        (settings: docs/monitoring.md, "Broker metrics")
 
 `SysTree` keeps the last value of every statistic; `SysCollector` turns it into metric
 families at each scrape; `BrokerWatcher` is the MQTT side (reconnecting, clean session,

@@ -119,9 +119,12 @@ def test_writers_write_and_only_the_admin_drops(secure_influx: SecureInflux) -> 
     for writer in ("adapter", "auth_server"):
         assert secure_influx.write(line, writer).status_code == 204, writer
         assert secure_influx.query('DROP DATABASE "IoT_Devices"', writer).status_code == 403, writer
-    # The auth server reads what its data API serves; the adapter only writes.
-    assert secure_influx.query('SELECT * FROM "RPi_2.BAT"', "auth_server").status_code == 200
-    assert secure_influx.query('SELECT * FROM "RPi_2.BAT"', "adapter").status_code == 403
+    # Both read: the auth server what its data API serves, and both the series they keep
+    # within the series budget (SHOW SERIES); neither may change the database itself.
+    for writer in ("adapter", "auth_server"):
+        assert secure_influx.query('SELECT * FROM "RPi_2.BAT"', writer).status_code == 200, writer
+        assert secure_influx.query("SHOW SERIES", writer).status_code == 200, writer
+        assert secure_influx.query("CREATE USER \"x\" WITH PASSWORD 'y'", writer).status_code == 403, writer
     assert secure_influx.points("RPi_2.BAT") == [["2023-11-14T22:13:21Z", 50]]
 
 

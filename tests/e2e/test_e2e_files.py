@@ -94,6 +94,7 @@ def rewritten(original: dict[str, Any]) -> dict[str, Any]:
 
 def test_rewrite_keeps_every_service(original: dict[str, Any], rewritten: dict[str, Any]) -> None:
     assert set(original["services"]) == set(rewritten["services"])
+    assert stackfile.LEFT_OUT == ()
 
 
 def test_rewrite_changes_nothing_but_endpoint_mode_port_mode_and_the_probe_network(

@@ -392,8 +392,9 @@ def test_influxdb_clients_log_in_as_their_own_users(stack: dict[str, Any], profi
     grafana_password = re.fullmatch(r"\$__file\{(.+)\}", influx_source["secureJsonData"]["basicAuthPassword"])
     assert grafana_password is not None
     clients = {
+        # READ too: it reads the series it keeps within the budget (SHOW SERIES).
         env(stack["services"]["adapter"])["INFLUXDB_USERNAME"]: (
-            "WRITE",
+            "ALL",
             env(stack["services"]["adapter"])["INFLUXDB_PASSWORD_FILE"],
         ),
         env(stack["services"]["auth_server"])["INFLUXDB_USERNAME"]: (
