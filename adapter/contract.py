@@ -41,6 +41,12 @@ _ISO_RE = re.compile(
     r"(?P<tz>[Zz]|[+-][0-9]{2}(?::?[0-9]{2})?)?$"
 )
 
+# The shape almost every device sends (UTC, seconds, optional fraction): a subset of _ISO_RE
+# whose date, hour and minute are converted once per minute (_minute_seconds).
+_ISO_UTC_RE = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}):([0-9]{2})(?:[.,]([0-9]{1,9}))?[Zz]?"
+)
+
 # InfluxDB 1.x stores int64 nanoseconds; these are the bounds it accepts (1677-09-21 .. 2262-04-11).
 INFLUX_MIN_NS = -9_223_372_036_854_775_806
 INFLUX_MAX_NS = 9_223_372_036_854_775_806
@@ -251,6 +257,18 @@ def _date_seconds(y: str, mo: str, d: str) -> int:
     return _days_from_civil(year, month, day) * 86_400
 
 
+@functools.lru_cache(maxsize=4096)
+def _minute_seconds(minute: str) -> int | None:
+    """`2026-12-01T03:04` → seconds from the epoch to that UTC minute; None if no such minute."""
+    hour, mins = int(minute[11:13]), int(minute[14:16])
+    if hour > 23 or mins > 59:
+        return None
+    try:
+        return _date_seconds(minute[:4], minute[5:7], minute[8:10]) + hour * 3600 + mins * 60
+    except TimestampError:
+        return None
+
+
 def _days_from_civil(year: int, month: int, day: int) -> int:
     """Days since 1970-01-01 in the proleptic Gregorian calendar (no datetime range limits)."""
     year -= month <= 2
@@ -268,15 +286,23 @@ def parse_timestamp(raw: Any) -> int:
     milliseconds when ≥ 1e11. Sub-second digits are kept as sent.
     """
     if isinstance(raw, str):
-        m = _ISO_RE.match(raw)
-        if m is None:
-            raise TimestampError(f"not an ISO 8601 date-time: {raw!r}")
-        ns = _epoch_ns_from_parts(m)
-    elif type(raw) is int or type(raw) is float:
+        fast = _ISO_UTC_RE.fullmatch(raw)
+        minute = None if fast is None else _minute_seconds(fast[1])
+        if minute is not None and (second := int(fast[2])) <= 59:  # type: ignore[index]
+            frac = fast[3]  # type: ignore[index]
+            ns = (minute + second) * NS_PER_S + (int(frac.ljust(9, "0")) if frac else 0)
+        else:  # any other shape, and every error (its message comes from here)
+            m = _ISO_RE.match(raw)
+            if m is None:
+                raise TimestampError(f"not an ISO 8601 date-time: {raw!r}")
+            ns = _epoch_ns_from_parts(m)
+    elif type(raw) is int:
+        ns = raw * (1_000_000 if raw >= EPOCH_MS_THRESHOLD else NS_PER_S)
+    elif type(raw) is float:
         # repr() is the shortest text that round-trips, i.e. the digits the device sent,
         # so Decimal keeps sub-microsecond precision that float arithmetic would lose.
         try:
-            exact = Decimal(repr(raw)) if type(raw) is float else Decimal(raw)
+            exact = Decimal(repr(raw))
         except InvalidOperation as exc:  # pragma: no cover - repr of a float always parses
             raise TimestampError(f"not a number: {raw!r}") from exc
         if not exact.is_finite():
@@ -435,7 +461,10 @@ class SeriesBudget:
             for record in parsed.records:
                 # The usual case, a device sending the metrics it always sends: one set
                 # lookup per point and nothing else.
-                if all(p.metric in known for p in record.points):
+                for point in record.points:
+                    if point.metric not in known:
+                        break
+                else:
                     continue
                 for point in record.points:
                     metric = point.metric
