@@ -560,6 +560,10 @@ class LineEncoder:
         self._devices: dict[tuple[str, str], dict[str, str]] = {}
         self._count = 0
 
+    def __len__(self) -> int:
+        """Prefixes held."""
+        return self._count
+
     def lines(self, location: str, station: str, points: list[Point]) -> list[str]:
         """The lines of `points`, all of device (location, station)."""
         prefixes = self._devices.get((location, station))
