@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -34,11 +35,11 @@ from adapter.config import AdapterConfig, ConfigError
 from adapter.contract import (
     Drop,
     Ignore,
+    LineEncoder,
     ParsedMessage,
     Record,
     Reject,
     SeriesBudget,
-    line_protocol,
     parse_message,
     parse_timestamp,
 )
@@ -49,12 +50,13 @@ from adapter.influx import (
     TransientWriteError,
     WriteResult,
 )
-from adapter.metrics import AdapterMetrics
+from adapter.metrics import AdapterMetrics, PendingIncrements
 from adapter.mqtt_client import BufferedMqttClient
 
 log = logging.getLogger("adapter")
-# Data-flow lines go through their own logger so DEBUG_DATA_FLOW switches exactly them.
-flow_log = logging.getLogger("adapter.dataflow")
+# The log lines' format (configure_logging): `2019-11-26 03:54:20 <message>`, in UTC.
+LOG_FORMAT = "%(asctime)s %(message)s"
+LOG_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 # What a log line shows of a stranger's topic or name: control, separator and bidirectional
 # characters escaped (no forged or disguised lines), and at most this many characters.
@@ -88,6 +90,41 @@ def format_device_time(raw: object) -> str:
     seconds, ns = divmod(parse_timestamp(raw), 1_000_000_000)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
     return f"{stamp}.{ns:09d}".rstrip("0").rstrip(".") + "+00:00"
+
+
+class FlowLog:
+    """The data-flow log (DEBUG_DATA_FLOW=true): the contract's lines, each formatted as every
+    other log line is (LOG_FORMAT), collected while the MQTT thread reads and written with
+    one write per socket read, in order.
+
+    Through Python's logging a line costs about 20 µs (a record, a caller lookup, a format,
+    a flush), and every message makes several lines. The lines of a message carry the time
+    it was received. Only the MQTT thread adds and flushes (and `stop`, once it has ended).
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        # None: sys.stdout at the time of writing, as the log's handler writes.
+        self._stream = stream
+        self._lines: list[str] = []
+        self._second = -1
+        self._prefix = ""
+
+    def message(self, received_ns: int) -> None:
+        """The lines that follow are about a message received at `received_ns`."""
+        second = received_ns // 1_000_000_000
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime(LOG_DATE_FORMAT, time.gmtime(second)) + " "
+
+    def line(self, text: str) -> None:
+        self._lines.append(f"{self._prefix}{text}\n")
+
+    def flush(self) -> None:
+        if self._lines:
+            stream = self._stream or sys.stdout
+            stream.write("".join(self._lines))
+            stream.flush()
+            self._lines.clear()
 
 
 class RateLimitedLog:
@@ -472,8 +509,11 @@ class Adapter:
             max_pending=config.max_unacked,
             max_chars=config.max_batch_bytes,
         )
+        self.flow = FlowLog()
+        self._encoder = LineEncoder(limits.max_series)
         self.source = MqttSource(config, self.metrics)
         self.source.on_message = self.handle_message
+        self.source.client.on_read_end = self._read_done
         self._writer_thread = threading.Thread(target=self._write_loop, name="influx-writer", daemon=True)
         self._series_thread = threading.Thread(target=self._series_loop, name="series-budget", daemon=True)
         self.sweeper = RetainedSweeper(config)
@@ -485,18 +525,27 @@ class Adapter:
         self._start_lock = threading.Lock()
         self._reading = False
         self._warnings = RateLimitedLog()
-        # Label children bound once: no label lookup on the message path.
+        # Label children bound once: no label lookup on the message path. The MQTT thread's
+        # increments are applied once per socket read (`_read_done`).
+        self._counts = PendingIncrements()
+        self._received_counter = self.metrics.messages_received
         self._reject_counters = {r: self.metrics.messages_rejected.labels(r.value) for r in Reject}
         self._ignore_counters = {i: self.metrics.values_ignored.labels(i.value) for i in Ignore}
         self._drop_counters = {d: self.metrics.points_dropped.labels(d.value) for d in Drop}
 
     # --- MQTT thread ---------------------------------------------------------------
 
+    def _read_done(self) -> None:
+        """The messages of one socket read are handled: their log lines and counts go out."""
+        self.flow.flush()
+        self._counts.flush()
+
     def handle_message(
         self, generation: int, topic: str, mid: int, payload: bytes, retain: bool = False
     ) -> None:
         received_ns = time.time_ns()
-        self.metrics.messages_received.inc()
+        counts = self._counts
+        counts.inc(self._received_counter)
         retained_topic = topic if retain else None
         if retain and not payload:
             # Someone (often we) cleared a retained message: a deletion, not a reading.
@@ -504,59 +553,59 @@ class Adapter:
             return
         debug = self.config.debug_data_flow
         if debug:
-            flow_log.info("Received a message by topic [%s]", shown(topic))
+            self.flow.message(received_ns)
+            self.flow.line(f"Received a message by topic [{shown(topic)}]")
         parsed = parse_message(topic, payload, received_ns, self.config.limits)
         lines: list[str] = []
         device = None
         if isinstance(parsed, Reject):
-            self._reject_counters[parsed].inc()
+            counts.inc(self._reject_counters[parsed])
             if debug:
-                flow_log.info("Ignored the message by topic [%s]: %s", shown(topic), parsed.value)
+                self.flow.line(f"Ignored the message by topic [{shown(topic)}]: {parsed.value}")
         else:
             refused = self.budget.admit(parsed)
             if refused:
                 self._account_budget(parsed, refused, debug)
             for record in parsed.records:
                 self._account(record, parsed, debug)
-                lines.extend(line_protocol(p) for p in record.points)
+                if record.points:
+                    lines += self._encoder.lines(parsed.location, parsed.station, record.points)
             if lines:
                 device = (parsed.location, parsed.station)
         self.collector.add(generation, mid, lines, device, received_ns / 1e9, retained_topic=retained_topic)
 
     def _account(self, record: Record, parsed: ParsedMessage, debug: bool) -> None:
         if record.reject is not None:
-            self._reject_counters[record.reject].inc()
+            self._counts.inc(self._reject_counters[record.reject])
             if debug:
-                flow_log.info(
-                    "Ignored data by [%s/%s]: %s (%s)",
-                    parsed.location,
-                    parsed.station,
-                    record.reject.value,
-                    record.reject_detail,
+                self.flow.line(
+                    f"Ignored data by [{parsed.location}/{parsed.station}]: "
+                    f"{record.reject.value} ({record.reject_detail})"
                 )
             return
         for key, why in record.ignored:
-            self._ignore_counters[why].inc()
+            self._counts.inc(self._ignore_counters[why])
             # Keys refused by a name rule are logged; values that are not numbers are simply
             # not readings (a device's "status": "OK"), as the contract says.
             if debug and why in _REFUSED_KEYS:
-                flow_log.info("Ignored %s.%s.%s: %s", parsed.location, parsed.station, shown(key), why.value)
+                self.flow.line(f"Ignored {parsed.location}.{parsed.station}.{shown(key)}: {why.value}")
         if debug:
+            flow = self.flow
             if record.device_time is None:
-                flow_log.info("Data timestamp is NOW")
+                flow.line("Data timestamp is NOW")
             else:
-                shown_time = format_device_time(record.device_time)
-                flow_log.info("Data timestamp is: %s", shown_time)
+                flow.line(f"Data timestamp is: {format_device_time(record.device_time)}")
+            device = f"{parsed.location}.{parsed.station}."
             for point in record.points:
-                flow_log.info(
-                    "%s.%s.%s %s", point.location, point.station, point.metric, format_value(point.value)
-                )
+                flow.line(f"{device}{point.metric} {format_value(point.value)}")
 
     def _account_budget(self, parsed: ParsedMessage, refused: list[tuple[str, Drop]], debug: bool) -> None:
         for metric, why in refused:
             self._drop_counters[why].inc()
             if debug:
-                flow_log.info("Ignored %s.%s.%s: %s", parsed.location, parsed.station, metric, why.value)
+                self.flow.line(f"Ignored {parsed.location}.{parsed.station}.{metric}: {why.value}")
+        # The warning follows the data-flow lines before it.
+        self.flow.flush()
         why = refused[0][1]
         if why is Drop.DEVICE_SERIES_BUDGET:
             self._warnings.warning(
@@ -793,6 +842,7 @@ class Adapter:
             reading = self._reading
         if reading:
             self.source.stop_reading()
+        self._read_done()  # the MQTT thread has ended: what it read is logged and counted
         self.collector.close()
         self._writer_thread.join()
         if reading:
@@ -806,15 +856,14 @@ class Adapter:
         )
 
 
-def configure_logging(debug_data_flow: bool) -> None:
+def configure_logging() -> None:
     # UTC timestamps in the contract's format; stdout so `docker service logs` shows them.
     logging.Formatter.converter = time.gmtime
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATE_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
-    flow_log.disabled = not debug_data_flow
 
 
 def main() -> int:
@@ -823,7 +872,7 @@ def main() -> int:
     except ConfigError as exc:
         print(f"adapter: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.debug_data_flow)
+    configure_logging()
     adapter = Adapter(config)
     if config.metrics_port:
         start_http_server(config.metrics_port, addr=config.metrics_address, registry=adapter.metrics.registry)

@@ -55,6 +55,27 @@ class DeviceLastSeen:
         yield family
 
 
+class PendingIncrements:
+    """Counter increments collected on one thread and applied together (`flush`).
+
+    A Prometheus increment takes a lock and costs about a microsecond; the adapter's MQTT
+    thread makes two or more per message and applies them once per socket read, so a
+    scrape trails the messages being handled by at most that read. Not thread-safe: one
+    thread adds and flushes.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[Counter, int] = {}
+
+    def inc(self, counter: Counter) -> None:
+        self._pending[counter] = self._pending.get(counter, 0) + 1
+
+    def flush(self) -> None:
+        for counter, amount in self._pending.items():
+            counter.inc(amount)
+        self._pending.clear()
+
+
 class AdapterMetrics:
     """All of the adapter's metrics, on a registry of their own (tests run several adapters)."""
 

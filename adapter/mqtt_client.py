@@ -57,6 +57,8 @@ class BufferedMqttClient(mqtt.Client):
         self._on_qos1_publish = on_qos1_publish
         self._rbuf = bytearray()
         self._rbuf_sock: object = None
+        # Called after the packets of each socket read are handled (the data-flow log's write).
+        self.on_read_end: Callable[[], None] | None = None
 
     def _packet_read(self) -> MQTTErrorCode:
         if self._sock is not self._rbuf_sock:  # a new connection: nothing carried over
@@ -97,6 +99,8 @@ class BufferedMqttClient(mqtt.Client):
         except (ValueError, IndexError, UnicodeDecodeError):
             rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
         del buf[:pos]
+        if self.on_read_end is not None:
+            self.on_read_end()
         return rc
 
     def _publish_qos1(self, buf: bytearray, pos: int, stop: int, retain: bool) -> None:

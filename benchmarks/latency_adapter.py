@@ -29,7 +29,7 @@ class LatencyRecordingAdapter(Adapter):
 
 def main() -> None:
     config = AdapterConfig.from_env()
-    configure_logging(config.debug_data_flow)
+    configure_logging()
     adapter = LatencyRecordingAdapter(config)
     adapter.latencies = []
     start_http_server(config.metrics_port, registry=adapter.metrics.registry)

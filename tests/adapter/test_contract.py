@@ -11,6 +11,7 @@ from adapter.contract import (
     Drop,
     Ignore,
     Limits,
+    LineEncoder,
     ParsedMessage,
     Point,
     Reject,
@@ -38,6 +39,8 @@ S = 1_000_000_000
         ("2019-11-26T00:54:20.5Z", 1574729660 * S + 500_000_000),
         ("2019-11-26T00:54:20.123456789Z", 1574729660 * S + 123_456_789),
         ("2019-11-26T00:54:20,25Z", 1574729660 * S + 250_000_000),
+        ("2019-11-26t00:54:20.000Z", 1574729660 * S),
+        ("2019-11-26T00:54:59.999Z", 1574729699 * S + 999_000_000),
         ("2019-11-26T06:24:20+0530", 1574729660 * S),
         ("2019-11-25T21:54:20-03", 1574729660 * S),
         ("1970-01-01T00:00:00Z", 0),
@@ -64,6 +67,10 @@ def test_timestamp_forms(raw: object, expected_ns: int) -> None:
         "2019-02-29T00:00:00Z",  # not a leap year
         "2019-11-26T24:00:00Z",
         "2019-11-26T23:59:60Z",
+        "2019-11-26T23:60:00.000Z",
+        "2019-02-29T12:00:00.500Z",
+        "2019-11-26T00:54:20.1234567890Z",  # beyond nanoseconds
+        "2019-11-26T00:54:20.Z",
         "2019-13-01T00:00:00Z",
         "2019-11-26T03:54:20+24:00",
         "26/11/2019 03:54",
@@ -83,6 +90,14 @@ def test_timestamp_forms(raw: object, expected_ns: int) -> None:
 def test_timestamp_rejects(raw: object) -> None:
     with pytest.raises(TimestampError):
         parse_timestamp(raw)
+    with pytest.raises(TimestampError):  # the date and minute caches remember refusals too
+        parse_timestamp(raw)
+
+
+def test_timestamps_of_one_minute_share_its_conversion_exactly() -> None:
+    minute = parse_timestamp("2026-12-01T03:04:00Z")
+    for second in range(60):
+        assert parse_timestamp(f"2026-12-01T03:04:{second:02d}.5Z") == minute + second * S + S // 2
 
 
 @pytest.mark.parametrize(
@@ -178,6 +193,18 @@ def test_backlog_array_elements_are_separate_messages() -> None:
 )
 def test_line_protocol_escaping(point: Point, line: str) -> None:
     assert line_protocol(point) == line
+    encoder = LineEncoder(max_series=10)
+    # The second time from the series' cached prefix.
+    assert encoder.lines(point.location, point.station, [point, point]) == [line, line]
+
+
+def test_line_encoder_keeps_at_most_max_series_prefixes_and_stays_exact() -> None:
+    encoder = LineEncoder(max_series=3)
+    for round_ in range(3):
+        for device in range(4):
+            points = [Point("L", f"S{device}", metric, float(round_), round_) for metric in ("a", "b")]
+            assert encoder.lines("L", f"S{device}", points) == [line_protocol(p) for p in points]
+            assert len(encoder) <= 3
 
 
 # --- limits: every bound refuses what exceeds it, and only that -------------------------
