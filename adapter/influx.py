@@ -144,11 +144,13 @@ class InfluxWriter:
         *,
         username: str | None = None,
         password: str | None = None,
+        pool_size: int = 10,
     ) -> None:
         self.database = database
         # retries=1: one attempt per call; the caller owns the retry policy (backoff, metrics).
         # Credentials go as HTTP basic auth; None sends none (the client's own default would
-        # send root/root).
+        # send root/root). pool_size: connections kept open for reuse, one per concurrent
+        # writer (the auth server writes from many requests at once; the adapter from one thread).
         self._client = InfluxDBClient(
             host=host,
             port=port,
@@ -157,6 +159,7 @@ class InfluxWriter:
             database=database,
             timeout=timeout_s,
             retries=1,
+            pool_size=pool_size,
         )
 
     def close(self) -> None:
