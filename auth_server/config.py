@@ -107,9 +107,10 @@ class AuthConfig:
     max_connections: int = 1000
     # Fleet scale (issue 19): gunicorn worker processes (default: one per usable CPU), the
     # InfluxDB connections of the whole server (shared out among its workers, as
-    # MYSQL_MAX_CONNECTIONS).
+    # MYSQL_MAX_CONNECTIONS), and how long tokens can be refreshed without the password.
     workers: int = field(default_factory=usable_cpus)
     influxdb_max_connections: int = 20
+    jwt_refresh_max_s: int = 24 * 3600
     login: LoginLimits = field(default_factory=LoginLimits)
     # The adapter's message and series limits (MAX_*), read the same way: one set of
     # limits for MQTT and HTTP.
@@ -184,6 +185,9 @@ class AuthConfig:
             workers=env_int(env, "AUTH_WORKERS", d.workers, 1, MAX_WORKERS),
             influxdb_max_connections=env_int(
                 env, "INFLUXDB_MAX_CONNECTIONS", d.influxdb_max_connections, 1, 10_000
+            ),
+            jwt_refresh_max_s=env_int(
+                env, "JWT_REFRESH_MAX_SECONDS", d.jwt_refresh_max_s, 0, 366 * 24 * 3600
             ),
             login=LoginLimits.from_env(env),
             limits=limits_from_env(env),

@@ -69,6 +69,13 @@ class AuthMetrics:
             ["reason"],
             registry=r,
         )
+        self.token_refreshes = Counter(
+            "auth_token_refreshes",
+            "Token refreshes by result (success; refused: the token was invalid, revoked, or its "
+            "password login older than JWT_REFRESH_MAX_SECONDS)",
+            ["result"],
+            registry=r,
+        )
         # Summed over the live workers: a worker that died takes its connections with it.
         self.mysql_connections = Gauge(
             "auth_mysql_connections",
@@ -80,6 +87,8 @@ class AuthMetrics:
         # Both results exist from the start, so a rate() over failures works before the first one.
         for result in ("success", "failure"):
             self.logins.labels(result=result)
+        for result in ("success", "refused"):
+            self.token_refreshes.labels(result=result)
 
     def exposition_registry(self) -> CollectorRegistry:
         """What /metrics shows: every worker's values summed, or this app's own."""

@@ -23,6 +23,7 @@ def test_defaults_match_the_stack() -> None:
     assert config.max_message_bytes == 256 * 1024
     assert config.mqtt_secure is False
     assert config.reserved_usernames == frozenset()
+    assert config.jwt_refresh_max_s == 24 * 3600
     assert 1 <= config.workers <= len(os.sched_getaffinity(0))
 
 
@@ -81,6 +82,7 @@ def test_secrets_are_not_in_repr() -> None:
         ({"JWT_SECRET": SECRET, "AUTH_PORT": "http"}, "AUTH_PORT"),
         ({"JWT_SECRET": SECRET, "MYSQL_PORT": "70000"}, "MYSQL_PORT"),
         ({"JWT_SECRET": SECRET, "JWT_EXPIRES_SECONDS": "0"}, "JWT_EXPIRES_SECONDS"),
+        ({"JWT_SECRET": SECRET, "JWT_REFRESH_MAX_SECONDS": "-1"}, "JWT_REFRESH_MAX_SECONDS"),
         ({"JWT_SECRET": SECRET, "AUTH_WORKERS": "0"}, "AUTH_WORKERS"),
         ({"JWT_SECRET": SECRET, "AUTH_WORKERS": "65"}, "AUTH_WORKERS"),
         ({"JWT_SECRET": SECRET, "AUTH_WORKERS": "two"}, "AUTH_WORKERS"),
