@@ -578,7 +578,7 @@ def clean_environ() -> dict[str, str]:
     """This process's environment without anything the auth server reads."""
     ours = re.compile(
         r"^(MYSQL_|JWT_|ADMIN_|INFLUXDB_|AUTH_|MQTT_|ADAPTER_MQTT_|LOGIN_|TRUSTED_PROXY_HOPS$"
-        r"|MAX_MESSAGE_BYTES$|STARTUP_TIMEOUT$|PYTHONPATH$|PROMETHEUS_MULTIPROC_DIR$)"
+        r"|MAX_|SERIES_REFRESH_INTERVAL$|STARTUP_TIMEOUT$|PYTHONPATH$|PROMETHEUS_MULTIPROC_DIR$)"
     )
     return {k: v for k, v in os.environ.items() if not ours.match(k)}
 
