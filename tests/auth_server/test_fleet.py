@@ -330,5 +330,5 @@ def test_metrics_are_summed_across_workers(
     assert samples[("auth_points_written_total", frozenset())] == 2 * made  # T and H; "state" is a string
     assert samples[("auth_mysql_connections", frozenset({("state", "in_use")}))] == 0
     fleet.server.stop()
-    # The directory this run named is kept; a run without one cleans its own up (__main__).
+    # A directory the operator named is kept when the server stops (only emptied at start).
     assert directory.is_dir()
