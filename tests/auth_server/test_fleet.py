@@ -5,6 +5,7 @@ that apply to the very next request under concurrent load, and metrics summed ac
 from __future__ import annotations
 
 import secrets
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -299,8 +300,23 @@ def _per_worker(directory: Path, metric: str, route: str) -> dict[str, float]:
     return values
 
 
+def _private_metrics_dir(server: AuthServerProcess) -> Path:
+    """The directory the server made for itself: the one holding its workers' files."""
+    assert server.proc is not None
+    master = server.proc.pid
+    workers = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    found = {
+        path.parent
+        for pid in workers
+        for path in Path(tempfile.gettempdir()).glob(f"auth-server-metrics-*/*_{pid}.db")
+    }
+    assert len(found) == 1, found
+    return found.pop()
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["PROMETHEUS_MULTIPROC_DIR", "private directory"])
 def test_metrics_are_summed_across_workers(
-    tmp_path: Path, start_fleet: Callable[..., Fleet], fleet_settings: dict[str, str]
+    tmp_path: Path, start_fleet: Callable[..., Fleet], fleet_settings: dict[str, str], named: bool
 ) -> None:
     directory = tmp_path / "metrics"
     directory.mkdir()
@@ -309,8 +325,12 @@ def test_metrics_are_summed_across_workers(
     key = mmap_key("auth_http_requests", "auth_http_requests_total", ["method"], ["POST"], "")
     stale.write_value(key, 1000.0, 0.0)
     stale.close()
-    fleet = start_fleet({**fleet_settings, "PROMETHEUS_MULTIPROC_DIR": str(directory)})
-    assert not (directory / "counter_1.db").exists()
+    extra = {"PROMETHEUS_MULTIPROC_DIR": str(directory)} if named else {}
+    fleet = start_fleet({**fleet_settings, **extra})
+    if named:
+        assert not (directory / "counter_1.db").exists()
+    else:
+        directory = _private_metrics_dir(fleet.server)
     headers = fleet.device("metrics-dev", "M")
     route = "/api/data/<location>/<station>"
     # Until both workers have served some (the kernel picks the worker of each connection).
@@ -330,5 +350,5 @@ def test_metrics_are_summed_across_workers(
     assert samples[("auth_points_written_total", frozenset())] == 2 * made  # T and H; "state" is a string
     assert samples[("auth_mysql_connections", frozenset({("state", "in_use")}))] == 0
     fleet.server.stop()
-    # A directory the operator named is kept when the server stops (only emptied at start).
-    assert directory.is_dir()
+    # A directory the operator named is kept (only emptied at start); a private one is removed.
+    assert directory.is_dir() == named
