@@ -20,38 +20,13 @@ from gevent import monkey
 
 monkey.patch_all()
 
-import atexit  # noqa: E402
 import logging  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+from auth_server.config import prepare_metrics_dir  # noqa: E402
 
-
-def prepare_metrics_dir() -> Path:
-    """The directory where every worker keeps its metrics. prometheus_client reads
-    PROMETHEUS_MULTIPROC_DIR when it is first imported, so this runs before anything imports
-    it. A directory the operator named is emptied (counts of an earlier run must not add to
-    this one's); otherwise a private one is made, and removed when the server stops."""
-    named = os.environ.get(METRICS_DIR_ENV)
-    if named:
-        directory = Path(named)
-        directory.mkdir(parents=True, exist_ok=True)
-        for stale in directory.glob("*.db"):
-            stale.unlink()
-        return directory
-    directory = Path(tempfile.mkdtemp(prefix="auth-server-metrics-"))
-    os.environ[METRICS_DIR_ENV] = str(directory)
-    master = os.getpid()
-    # Workers exit through sys.exit too (atexit runs there): only the master removes it.
-    atexit.register(lambda: os.getpid() == master and shutil.rmtree(directory, ignore_errors=True))
-    return directory
-
-
+# Before anything imports prometheus_client, which reads the directory's setting once.
 METRICS_DIR = prepare_metrics_dir()
 
 from flask import Flask  # noqa: E402

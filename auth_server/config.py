@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
-from collections.abc import Mapping
+import shutil
+import tempfile
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +30,31 @@ def usable_cpus() -> int:
     except (OSError, ValueError):
         pass  # no cgroup v2 quota: all of them
     return max(1, cpus)
+
+
+def prepare_metrics_dir(env: MutableMapping[str, str] = os.environ) -> Path:
+    """The directory where every worker keeps its metrics. prometheus_client reads
+    PROMETHEUS_MULTIPROC_DIR when it is first imported, so this runs before anything imports
+    it. A directory the operator named is emptied (counts of an earlier run must not add to
+    this one's); otherwise a private one is made, and removed when the server stops."""
+    named = env.get("PROMETHEUS_MULTIPROC_DIR")
+    if named:
+        directory = Path(named)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+        return directory
+    directory = Path(tempfile.mkdtemp(prefix="auth-server-metrics-"))
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    master = os.getpid()
+    # Workers exit through sys.exit too (atexit runs there): only the master removes it.
+    atexit.register(lambda: os.getpid() == master and shutil.rmtree(directory, ignore_errors=True))
+    return directory
+
+
+def metrics_dir(env: Mapping[str, str] = os.environ) -> str | None:
+    """The workers' shared metrics directory, or None (an app counting in its own registry)."""
+    return env.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
 def _bool(env: Mapping[str, str], name: str) -> bool:

@@ -9,14 +9,13 @@ counts in a registry of its own.
 
 from __future__ import annotations
 
-import os
 import time
 
 from flask import Flask, Response, g, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+from auth_server.config import metrics_dir
 
 # Requests that matched no route share one label value: raw paths would let any caller
 # create unbounded label sets.
@@ -92,7 +91,7 @@ class AuthMetrics:
 
     def exposition_registry(self) -> CollectorRegistry:
         """What /metrics shows: every worker's values summed, or this app's own."""
-        directory = os.environ.get(MULTIPROC_ENV)
+        directory = metrics_dir()
         if not directory:
             return self.registry
         registry = CollectorRegistry()
