@@ -58,6 +58,8 @@ Environment (all optional):
                              (default http://<this node's swarm address>/)
   ADAPTER_REPLICAS, ADAPTER_MQTT_TOPIC
                              scale the adapter: ADAPTER_REPLICAS=3 ADAPTER_MQTT_TOPIC='$share/adapters/#'
+  AUTH_SERVER_REPLICAS, AUTH_WORKERS
+                             scale the HTTP API: replicas behind Kong (1), gunicorn workers in each (2)
   IOT_SECRET_<NAME>=value    value for a secret that does not exist yet, e.g.
                              IOT_SECRET_GRAFANA_ADMIN_PASSWORD (required in CI)
   IOT_TLS_NAMES=a,b          --secure: more host names or addresses devices and clients use

@@ -144,11 +144,17 @@ class InfluxWriter:
         *,
         username: str | None = None,
         password: str | None = None,
+        pool_size: int = 10,
     ) -> None:
         self.database = database
         # retries=1: one attempt per call; the caller owns the retry policy (backoff, metrics).
         # Credentials go as HTTP basic auth; None sends none (the client's own default would
-        # send root/root).
+        # send root/root). pool_size: connections kept open for reuse, one per concurrent
+        # writer (the auth server writes from many requests at once; the adapter from one thread).
+        session = requests.Session()
+        # No proxy or .netrc from the environment applies to InfluxDB inside the stack, and
+        # requests would look them up again for every write (a tenth of an HTTP write's time).
+        session.trust_env = False
         self._client = InfluxDBClient(
             host=host,
             port=port,
@@ -157,6 +163,8 @@ class InfluxWriter:
             database=database,
             timeout=timeout_s,
             retries=1,
+            pool_size=pool_size,
+            session=session,
         )
 
     def close(self) -> None:

@@ -6,9 +6,11 @@ is exhausted by N half-sent requests). Bounds: AUTH_MAX_CONNECTIONS open connect
 AUTH_CLIENT_TIMEOUT for a request's head to arrive and for any pause while its body arrives.
 Password hashing runs in real threads (passwords.py), so it does not stall the event loop.
 
-One worker process: the Prometheus counters live in it, so every scrape sees all of them
-(scale out with more replicas, each scraped on its own). The app is built before the worker
-starts, so a bad setting or an unreachable MySQL stops the server with one clear message
+AUTH_WORKERS worker processes (default: one per usable CPU) share the listening socket; each
+has its own MySQL and InfluxDB connection pools. Their Prometheus metrics are kept in files of
+a metrics directory made fresh at every start (prometheus_client's multiprocess mode), so
+/metrics, whichever worker answers it, shows them all summed. The app is built before the
+workers start, so a bad setting or an unreachable MySQL stops the server with one clear message
 instead of a crash loop of workers.
 """
 
@@ -22,10 +24,16 @@ import logging  # noqa: E402
 import sys  # noqa: E402
 from typing import Any  # noqa: E402
 
+from auth_server.config import prepare_metrics_dir  # noqa: E402
+
+# Before anything imports prometheus_client, which reads the directory's setting once.
+METRICS_DIR = prepare_metrics_dir()
+
 from flask import Flask  # noqa: E402
 from gunicorn.app.base import BaseApplication  # noqa: E402
 from gunicorn.workers.base_async import AsyncWorker  # noqa: E402
 from gunicorn.workers.ggevent import GeventWorker  # noqa: E402
+from prometheus_client import multiprocess  # noqa: E402
 
 from auth_server import ConfigError, create_app  # noqa: E402
 from auth_server.config import AuthConfig  # noqa: E402
@@ -60,12 +68,18 @@ class GunicornServer(BaseApplication):
         return self._app
 
 
+def _forget_worker_gauges(_server: Any, worker: Any) -> None:
+    multiprocess.mark_process_dead(worker.pid, str(METRICS_DIR))
+
+
 def gunicorn_options(config: AuthConfig) -> dict[str, Any]:
     host = f"[{config.auth_host}]" if ":" in config.auth_host else config.auth_host
     return {
         "bind": f"{host}:{config.auth_port}",
-        "workers": 1,
+        "workers": config.workers,
         "worker_class": BoundedGeventWorker,
+        # A worker's live gauges (its connections in use) leave the sums when it exits.
+        "child_exit": _forget_worker_gauges,
         "worker_connections": config.max_connections,
         # Under gevent this bounds the wait for a request's head, first request included.
         "keepalive": config.client_timeout_s,
@@ -92,7 +106,14 @@ def main() -> int:
         log.error("start-up failed: %s", exc)
         return 1
     config: AuthConfig = app.config["AUTH"]
-    log.info("serving on %s:%s", config.auth_host, config.auth_port)
+    log.info(
+        "serving on %s:%s with %d worker(s), each with up to %d MySQL and %d InfluxDB connections",
+        config.auth_host,
+        config.auth_port,
+        config.workers,
+        config.mysql_connections_per_worker,
+        config.influxdb_connections_per_worker,
+    )
     GunicornServer(app, gunicorn_options(config)).run()
     return 0
 

@@ -53,11 +53,12 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
         config.influxdb_database,
         username=config.influxdb_username,
         password=config.influxdb_password,
+        max_connections=config.influxdb_connections_per_worker,
     )
     if config.mqtt_secure:
         app.extensions["mqtt_sync"] = MqttAccountSync(config)
 
-    db.init_app(app)
+    db.init_app(app, metrics)
     gateway.init_app(app, config)
     register_error_handlers(app)
     metrics.instrument(app)

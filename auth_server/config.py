@@ -2,15 +2,59 @@
 
 from __future__ import annotations
 
+import atexit
+import math
 import os
-from collections.abc import Mapping
+import shutil
+import tempfile
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from adapter.config import ConfigError, credentials, env_int, limits_from_env, read_secret
 from adapter.contract import DEFAULT_LIMITS, Limits
 
 # HS256 signs with HMAC-SHA256: a key shorter than the hash output weakens it (RFC 7518 3.2).
 MIN_JWT_SECRET_BYTES = 32
+MAX_WORKERS = 64
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on, within its cgroup's CPU quota (a container's `cpus:`
+    limit), which os.cpu_count() does not see."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota: all of them
+    return max(1, cpus)
+
+
+def prepare_metrics_dir(env: MutableMapping[str, str] = os.environ) -> Path:
+    """The directory where every worker keeps its metrics. prometheus_client reads
+    PROMETHEUS_MULTIPROC_DIR when it is first imported, so this runs before anything imports
+    it. A directory the operator named is emptied (counts of an earlier run must not add to
+    this one's); otherwise a private one is made, and removed when the server stops."""
+    named = env.get("PROMETHEUS_MULTIPROC_DIR")
+    if named:
+        directory = Path(named)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+        return directory
+    directory = Path(tempfile.mkdtemp(prefix="auth-server-metrics-"))
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    master = os.getpid()
+    # Workers exit through sys.exit too (atexit runs there): only the master removes it.
+    atexit.register(lambda: os.getpid() == master and shutil.rmtree(directory, ignore_errors=True))
+    return directory
+
+
+def metrics_dir(env: Mapping[str, str] = os.environ) -> str | None:
+    """The workers' shared metrics directory, or None (an app counting in its own registry)."""
+    return env.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
 def _bool(env: Mapping[str, str], name: str) -> bool:
@@ -67,7 +111,7 @@ class AuthConfig:
     mysql_user: str = "auth_server"
     mysql_password: str = field(default="", repr=False)
     mysql_database: str = "iot_accounts"
-    # MySQL connections one server process opens at most (requests beyond wait for one).
+    # MySQL connections one server (all its workers) opens at most; requests beyond wait for one.
     mysql_max_connections: int = 20
     jwt_secret: str = field(default="", repr=False)
     jwt_expires_s: int = 900
@@ -89,6 +133,12 @@ class AuthConfig:
     client_timeout_s: int = 10
     # Open client connections the server holds at once; more wait in the listen backlog.
     max_connections: int = 1000
+    # Fleet scale (issue 19): gunicorn worker processes (default: one per usable CPU), the
+    # InfluxDB connections of the whole server (shared out among its workers, as
+    # MYSQL_MAX_CONNECTIONS), and how long tokens can be refreshed without the password.
+    workers: int = field(default_factory=usable_cpus)
+    influxdb_max_connections: int = 20
+    jwt_refresh_max_s: int = 24 * 3600
     login: LoginLimits = field(default_factory=LoginLimits)
     # The adapter's message and series limits (MAX_*), read the same way: one set of
     # limits for MQTT and HTTP.
@@ -109,6 +159,14 @@ class AuthConfig:
     @property
     def max_message_bytes(self) -> int:
         return self.limits.max_message_bytes
+
+    @property
+    def mysql_connections_per_worker(self) -> int:
+        return max(1, self.mysql_max_connections // self.workers)
+
+    @property
+    def influxdb_connections_per_worker(self) -> int:
+        return max(1, self.influxdb_max_connections // self.workers)
 
     @property
     def reserved_usernames(self) -> frozenset[str]:
@@ -152,6 +210,13 @@ class AuthConfig:
             trusted_proxy_hops=env_int(env, "TRUSTED_PROXY_HOPS", d.trusted_proxy_hops, 0, 10),
             client_timeout_s=env_int(env, "AUTH_CLIENT_TIMEOUT", d.client_timeout_s, 1, 600),
             max_connections=env_int(env, "AUTH_MAX_CONNECTIONS", d.max_connections, 10, 100_000),
+            workers=env_int(env, "AUTH_WORKERS", d.workers, 1, MAX_WORKERS),
+            influxdb_max_connections=env_int(
+                env, "INFLUXDB_MAX_CONNECTIONS", d.influxdb_max_connections, 1, 10_000
+            ),
+            jwt_refresh_max_s=env_int(
+                env, "JWT_REFRESH_MAX_SECONDS", d.jwt_refresh_max_s, 0, 366 * 24 * 3600
+            ),
             login=LoginLimits.from_env(env),
             limits=limits_from_env(env),
             series_refresh_s=env_int(env, "SERIES_REFRESH_INTERVAL", d.series_refresh_s, 0, 86400),

@@ -1,8 +1,11 @@
-"""MySQL connections: one per request (PyMySQL), the schema applied at start, readiness waits."""
+"""MySQL connections: a bounded pool per worker (PyMySQL), the schema applied at start, readiness waits."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import select
 import threading
 import time
 from importlib import resources
@@ -10,8 +13,10 @@ from importlib import resources
 import pymysql
 import pymysql.cursors
 from flask import Flask, current_app, g
+from prometheus_client import Gauge
 
 from auth_server.config import AuthConfig
+from auth_server.metrics import AuthMetrics
 
 log = logging.getLogger(__name__)
 
@@ -40,40 +45,155 @@ def connect(config: AuthConfig) -> Connection:
     )
 
 
-# How long a request waits for one of the MYSQL_MAX_CONNECTIONS connections before it is
-# answered 503: the server holds far more requests at once (AUTH_MAX_CONNECTIONS) than
-# MySQL accepts connections (151 by default, shared with phpMyAdmin and other replicas).
+# How long a request waits for one of the pool's connections before it is answered 503: the
+# server holds far more requests at once (AUTH_MAX_CONNECTIONS) than MySQL accepts connections
+# (151 by default, shared with phpMyAdmin and other replicas).
 CONNECTION_WAIT_S = 10.0
+
+# MySQL client errors that mean the connection is gone (server down, restarted, network cut).
+CONNECTION_LOST_CODES = frozenset({2003, 2006, 2013, 2055})
+# The accounts database or its tables are gone (dropped, or a restore under way): a pooled
+# connection still opens, but nothing can be served until they are back.
+DATABASE_MISSING_CODES = frozenset({1049, 1146})
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether `exc` says the MySQL connection (not the statement) failed."""
+    if isinstance(exc, pymysql.err.InterfaceError):  # used after PyMySQL closed it
+        return True
+    return _code(exc) in CONNECTION_LOST_CODES
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the account database cannot serve now (rather than a bug)."""
+    return connection_lost(exc) or _code(exc) in DATABASE_MISSING_CODES
+
+
+def _code(exc: BaseException) -> int | None:
+    if isinstance(exc, pymysql.MySQLError) and exc.args and isinstance(exc.args[0], int):
+        return exc.args[0]
+    return None
+
+
+def _closed_by_server(conn: Connection) -> bool:
+    """Whether an idle connection was closed by the server (restart, wait_timeout, a kill):
+    its socket then reads as ready (EOF, or an error packet before it). One poll, no round trip."""
+    sock = conn._sock  # PyMySQL has no liveness check without a round trip
+    if sock is None:
+        return True
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+class ConnectionPool:
+    """The MySQL connections of one process, reused from request to request (opening one costs
+    tens of milliseconds: TCP, the login handshake, and PyMySQL's TLS context). At most `size`
+    exist at once; a request that finds none free waits up to CONNECTION_WAIT_S for one.
+
+    A connection goes back to the pool with no transaction open (a request's snapshot or locks
+    never reach the next request), and is dropped instead when it failed, so a MySQL restart
+    costs one new connection per pooled one, not a server restart. Gevent-safe: under
+    `python -m auth_server` threading's semaphore is gevent's, and nothing here blocks outside
+    PyMySQL's (patched) sockets.
+    """
+
+    def __init__(self, config: AuthConfig, size: int, in_use: Gauge, idle: Gauge) -> None:
+        self.config = config
+        self.size = size
+        self._in_use, self._idle_gauge = in_use, idle
+        self._reset()
+
+    def _reset(self) -> None:
+        # A forked worker starts with a pool of its own: the parent's sockets are not ours.
+        self._pid = os.getpid()
+        self._slots = threading.BoundedSemaphore(self.size)
+        self._idle: list[Connection] = []
+        self._in_use.set(0)
+        self._idle_gauge.set(0)
+
+    def acquire(self) -> Connection:
+        if self._pid != os.getpid():
+            self._reset()
+        if not self._slots.acquire(timeout=CONNECTION_WAIT_S):
+            raise DatabaseUnavailableError(f"all {self.size} MySQL connections of this worker are busy")
+        try:
+            conn = self._take_idle() or connect(self.config)
+        except pymysql.err.OperationalError as exc:
+            self._slots.release()
+            raise DatabaseUnavailableError(f"cannot connect to MySQL: {exc.args[-1]}") from exc
+        except BaseException:
+            self._slots.release()
+            raise
+        self._in_use.inc()
+        return conn
+
+    def _take_idle(self) -> Connection | None:
+        while self._idle:
+            conn = self._idle.pop()  # the most recently used: warm, least likely timed out
+            self._idle_gauge.dec()
+            if not _closed_by_server(conn):
+                return conn
+            log.info("MySQL closed an idle connection (restart or wait_timeout); opening another")
+            _close_quietly(conn)
+        return None
+
+    def release(self, conn: Connection) -> None:
+        self._in_use.dec()
+        try:
+            # Always: PyMySQL does not track a transaction a SELECT opened (autocommit is off),
+            # and its snapshot and metadata locks must not outlive the request (a stale
+            # snapshot would hide an account's revocation; the locks block DDL).
+            if conn.open:
+                conn.rollback()
+        except pymysql.MySQLError:
+            _close_quietly(conn)
+        else:
+            if conn.open and self._pid == os.getpid():
+                self._idle.append(conn)
+                self._idle_gauge.inc()
+            else:
+                _close_quietly(conn)
+        finally:
+            self._slots.release()
+
+    def close(self) -> None:
+        """Close the idle connections (those in use are closed when they come back)."""
+        while self._idle:
+            self._idle_gauge.dec()
+            _close_quietly(self._idle.pop())
+
+
+def _close_quietly(conn: Connection) -> None:
+    with contextlib.suppress(pymysql.MySQLError):
+        conn.close()
 
 
 def get_db() -> Connection:
-    """The connection of the current request, opened on first use."""
+    """The connection of the current request, taken from the pool on first use."""
     if "db" not in g:
-        config: AuthConfig = current_app.config["AUTH"]
-        slots: threading.BoundedSemaphore = current_app.extensions["mysql_slots"]
-        if not slots.acquire(timeout=CONNECTION_WAIT_S):
-            raise DatabaseUnavailableError(f"all {config.mysql_max_connections} MySQL connections are busy")
-        try:
-            g.db = connect(config)
-        except pymysql.err.OperationalError as exc:
-            slots.release()
-            raise DatabaseUnavailableError(f"cannot connect to MySQL: {exc.args[-1]}") from exc
+        pool: ConnectionPool = current_app.extensions["mysql_pool"]
+        g.db = pool.acquire()
     return g.db
 
 
 def close_db(_error: BaseException | None = None) -> None:
-    """Give the request's connection back (get_db opens another if it needs one again)."""
+    """Give the request's connection back (get_db takes another if it needs one again)."""
     db = g.pop("db", None)
     if db is not None:
-        # Closing without COMMIT rolls back whatever a failed request left open.
-        db.close()
-        current_app.extensions["mysql_slots"].release()
+        current_app.extensions["mysql_pool"].release(db)
 
 
-def init_app(app: Flask) -> None:
+def init_app(app: Flask, metrics: AuthMetrics) -> None:
     config: AuthConfig = app.config["AUTH"]
-    # A threading semaphore: under gevent (python -m auth_server) it is gevent's, cooperative.
-    app.extensions["mysql_slots"] = threading.BoundedSemaphore(config.mysql_max_connections)
+    app.extensions["mysql_pool"] = ConnectionPool(
+        config,
+        config.mysql_connections_per_worker,
+        metrics.mysql_connections.labels(state="in_use"),
+        metrics.mysql_connections.labels(state="idle"),
+    )
     app.teardown_appcontext(close_db)
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 
+import pymysql
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
-from auth_server.db import DatabaseUnavailableError
+from auth_server.db import DatabaseUnavailableError, database_unavailable
 from auth_server.policy import ValidationError
 from auth_server.store import DuplicatePermissionError
 from auth_server.throttle import LoginThrottledError
@@ -71,6 +72,16 @@ def register_error_handlers(app: Flask) -> None:
     def _database_unavailable(exc: DatabaseUnavailableError) -> Response:
         log.error("%s", exc)
         return error_response(503, "the account database is unavailable, try again later")
+
+    @app.errorhandler(pymysql.MySQLError)
+    def _mysql_error(exc: pymysql.MySQLError) -> Response:
+        if database_unavailable(exc):
+            # MySQL went away mid-request (a restart: the pool drops that connection, and the
+            # next request gets a new one), or the accounts database is gone.
+            log.error("the account database failed during the request: %s", exc)
+            return error_response(503, "the account database is unavailable, try again later")
+        log.exception("unhandled MySQL error")
+        return error_response(500, "internal server error")
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

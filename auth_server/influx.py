@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
 
 from adapter.influx import DatabaseMissingError, InfluxWriter, TransientWriteError, quote_identifier
 
@@ -22,6 +25,10 @@ class InfluxRejectedError(RuntimeError):
 
 
 class InfluxClient:
+    """The data API's InfluxDB access. Connections are kept open and reused (writes through the
+    adapter's InfluxWriter, queries through a session of their own); at most `max_connections`
+    requests of one worker are with InfluxDB at once, the others wait up to `timeout_s`."""
+
     def __init__(
         self,
         host: str,
@@ -31,17 +38,38 @@ class InfluxClient:
         *,
         username: str | None = None,
         password: str | None = None,
+        max_connections: int = 10,
     ) -> None:
         self.url = f"http://{host}:{port}"
         self.database = database
         self.timeout_s = timeout_s
+        self._writer = InfluxWriter(
+            host, port, database, timeout_s, username=username, password=password, pool_size=max_connections
+        )
+        self._session = requests.Session()
         # HTTP basic auth when InfluxDB requires it (the secure profile); never in the URL.
-        self._auth = (username, password) if username is not None and password is not None else None
-        self._writer = InfluxWriter(host, port, database, timeout_s, username=username, password=password)
+        self._session.auth = (username, password) if username is not None and password is not None else None
+        # Nothing from the environment (proxies, .netrc) applies to a service inside the stack,
+        # and requests would look it up again for every query.
+        self._session.trust_env = False
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max_connections)
+        self._session.mount("http://", adapter)
+        # A threading semaphore: under gevent (python -m auth_server) it is gevent's, cooperative.
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        if not self._slots.acquire(timeout=self.timeout_s):
+            raise InfluxUnavailableError("all InfluxDB connections of this worker are busy")
+        try:
+            yield
+        finally:
+            self._slots.release()
 
     def _post(self, path: str, **kwargs: Any) -> requests.Response:
         try:
-            response = requests.post(f"{self.url}{path}", timeout=self.timeout_s, auth=self._auth, **kwargs)
+            with self._slot():
+                response = self._session.post(f"{self.url}{path}", timeout=self.timeout_s, **kwargs)
         except requests.RequestException as exc:
             raise InfluxUnavailableError(f"InfluxDB unreachable: {exc.__class__.__name__}") from exc
         if response.status_code >= 500:
@@ -50,12 +78,17 @@ class InfluxClient:
 
     def ping(self) -> bool:
         try:
-            return requests.get(f"{self.url}/ping", timeout=2).status_code == 204
-        except requests.RequestException:
+            with self._slot():
+                return self._session.get(f"{self.url}/ping", timeout=2).status_code == 204
+        except (requests.RequestException, InfluxUnavailableError):
             return False
 
     def write_lines(self, lines: Sequence[str]) -> None:
         """Write every line in one request; creates the database once if it is missing."""
+        with self._slot():
+            self._write(lines)
+
+    def _write(self, lines: Sequence[str]) -> None:
         try:
             try:
                 result = self._writer.write_lines(lines)

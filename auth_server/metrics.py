@@ -1,11 +1,21 @@
-"""Prometheus metrics of the auth server (served at /metrics) and the request instrumentation."""
+"""Prometheus metrics of the auth server (served at /metrics) and the request instrumentation.
+
+Under `python -m auth_server` the server runs several worker processes, each counting what it
+serves: prometheus_client's multiprocess mode keeps every worker's values in files of
+PROMETHEUS_MULTIPROC_DIR (set by __main__ before this module is imported), and /metrics, served
+by whichever worker, sums them. Without that directory (tests build apps in-process) each app
+counts in a registry of its own.
+"""
 
 from __future__ import annotations
 
 import time
 
 from flask import Flask, Response, g, request
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from auth_server.config import metrics_dir
 
 # Requests that matched no route share one label value: raw paths would let any caller
 # create unbounded label sets.
@@ -58,9 +68,35 @@ class AuthMetrics:
             ["reason"],
             registry=r,
         )
+        self.token_refreshes = Counter(
+            "auth_token_refreshes",
+            "Token refreshes by result (success; refused: the token was invalid, revoked, or its "
+            "password login older than JWT_REFRESH_MAX_SECONDS)",
+            ["result"],
+            registry=r,
+        )
+        # Summed over the live workers: a worker that died takes its connections with it.
+        self.mysql_connections = Gauge(
+            "auth_mysql_connections",
+            "MySQL connections of the server's pools, by state (in_use by a request, idle)",
+            ["state"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         # Both results exist from the start, so a rate() over failures works before the first one.
         for result in ("success", "failure"):
             self.logins.labels(result=result)
+        for result in ("success", "refused"):
+            self.token_refreshes.labels(result=result)
+
+    def exposition_registry(self) -> CollectorRegistry:
+        """What /metrics shows: every worker's values summed, or this app's own."""
+        directory = metrics_dir()
+        if not directory:
+            return self.registry
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=directory)
+        return registry
 
     def instrument(self, app: Flask) -> None:
         @app.before_request

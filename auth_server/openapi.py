@@ -209,6 +209,22 @@ _PATHS: dict[str, Any] = {
             },
         }
     },
+    "/api/auth/refresh": {
+        "post": {
+            "tags": ["auth"],
+            "summary": (
+                "Exchange a valid token for a new one without the password (no password hash is "
+                "computed), up to JWT_REFRESH_MAX_SECONDS after the password login it descends from"
+            ),
+            "responses": {
+                "200": _json(_ref("Token"), "A new token, for the same account"),
+                "401": _error(
+                    "Missing, invalid, expired or revoked token, the account is disabled or gone, or "
+                    "the password login is older than JWT_REFRESH_MAX_SECONDS (log in again)"
+                ),
+            },
+        }
+    },
     "/api/auth/me": {
         "get": {
             "tags": ["auth"],

@@ -24,7 +24,8 @@ def healthz() -> tuple[Response, int]:
     checks: dict[str, str] = {}
     try:
         with get_db().cursor() as cur:
-            cur.execute("SELECT 1")
+            # The accounts table, not `SELECT 1`: a pooled connection outlives its database.
+            cur.execute("SELECT 1 FROM accounts LIMIT 1")
         checks["mysql"] = "ok"
     except (DatabaseUnavailableError, pymysql.MySQLError) as exc:
         checks["mysql"] = f"unavailable: {exc.__class__.__name__}"
@@ -37,7 +38,7 @@ def healthz() -> tuple[Response, int]:
 @bp.get("/metrics")
 def metrics() -> Response:
     auth_metrics: AuthMetrics = current_app.extensions["auth_metrics"]
-    return Response(generate_latest(auth_metrics.registry), content_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(auth_metrics.exposition_registry()), content_type=CONTENT_TYPE_LATEST)
 
 
 @bp.get("/api/openapi.json")

@@ -13,6 +13,12 @@ from auth_server.policy import Account, Permission, Role
 from auth_server.tokens import new_token_key
 
 _ACCOUNT_COLUMNS = "id, username, role, enabled, token_key, created_at, updated_at"
+_BY_ID_WITH_PERMISSIONS = (
+    "SELECT a.id, a.username, a.role, a.enabled, a.token_key, a.created_at, a.updated_at, "
+    "p.location, p.station, p.can_read, p.can_write "
+    "FROM accounts a LEFT JOIN permissions p ON p.account_id = a.id "
+    "WHERE a.id = %s ORDER BY p.location, p.station"
+)
 
 
 class AccountExistsError(Exception):
@@ -85,10 +91,18 @@ class AccountStore:
         return self._account(row, self._permissions([row["id"]])[row["id"]])
 
     def get_by_id(self, account_id: int) -> Account | None:
-        row = self._row(_ACCOUNT_COLUMNS, "id", account_id)
-        if row is None:
+        """The account and its rights in one query: every authenticated request runs it."""
+        with self.conn.cursor() as cur:
+            cur.execute(_BY_ID_WITH_PERMISSIONS, (account_id,))
+            rows = cur.fetchall()
+        if not rows:
             return None
-        return self._account(row, self._permissions([row["id"]])[row["id"]])
+        permissions = [
+            Permission(r["location"], r["station"], bool(r["can_read"]), bool(r["can_write"]))
+            for r in rows
+            if r["location"] is not None  # LEFT JOIN: an account without permissions has one NULL row
+        ]
+        return self._account(rows[0], permissions)
 
     def credentials(self, username: str) -> Credentials | None:
         row = self._row(f"{_ACCOUNT_COLUMNS}, password_hash", "username", username)

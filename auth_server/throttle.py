@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import pymysql
 
@@ -51,6 +51,8 @@ PRUNE_BATCH = 1000
 # An IPv6 client usually holds a whole /64: counting its addresses one by one would give it
 # 2^64 fresh budgets.
 IPV6_CLIENT_PREFIX = 64
+
+T = TypeVar("T")
 
 
 class Scope(StrEnum):
@@ -106,6 +108,18 @@ def _epoch(moment: datetime | None) -> float | None:
     return None if moment is None else moment.replace(tzinfo=UTC).timestamp()
 
 
+def _again_on_deadlock(conn: Connection, transaction: Callable[[], T]) -> T:
+    """Run `transaction` (which commits), again when InnoDB chose it as a deadlock victim."""
+    for attempt_no in range(1, ATTEMPTS_ON_DEADLOCK + 1):
+        try:
+            return transaction()
+        except pymysql.err.OperationalError as exc:
+            conn.rollback()
+            if exc.args[0] != DEADLOCK or attempt_no == ATTEMPTS_ON_DEADLOCK:
+                raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
 class LoginThrottle:
     """Admits, counts and hands back login attempts. `clock` is replaceable for tests."""
 
@@ -146,17 +160,9 @@ class LoginThrottle:
             Scope.ADDRESS: self._subject("address", client),
             Scope.USERNAME: self._subject("username", username),
         }
-        for attempt_no in range(1, ATTEMPTS_ON_DEADLOCK + 1):
-            try:
-                attempt = self._admit(conn, client, subjects)
-            except pymysql.err.OperationalError as exc:
-                conn.rollback()
-                if exc.args[0] != DEADLOCK or attempt_no == ATTEMPTS_ON_DEADLOCK:
-                    raise
-            else:
-                self._prune(conn)
-                return attempt
-        raise AssertionError("unreachable: the last attempt returns or raises")
+        attempt = _again_on_deadlock(conn, lambda: self._admit(conn, client, subjects))
+        self._prune(conn)
+        return attempt
 
     def _admit(self, conn: Connection, client: str, subjects: dict[Scope, bytes]) -> Attempt:
         now = self.clock()
@@ -230,23 +236,28 @@ class LoginThrottle:
     def succeeded(self, conn: Connection, attempt: Attempt) -> None:
         """The password was right: clear the pair's failures, remember it as a known client,
         and hand the attempt back to the other counters it was added to."""
-        now = self.clock()
+        _again_on_deadlock(conn, lambda: self._hand_back(conn, attempt))
+
+    def _hand_back(self, conn: Connection, attempt: Attempt) -> None:
+        now, known_s = self.clock(), self.limits.known_client_days * 86400
         with conn.cursor() as cur:
-            cur.execute(
-                "UPDATE login_throttle SET failures = 0, blocked_until = NULL, last_success_at = %s, "
-                "expires_at = GREATEST(expires_at, %s) WHERE scope = 'pair' AND subject = %s",
-                (_utc(now), _utc(now + self.limits.known_client_days * 86400), attempt.subjects[Scope.PAIR]),
-            )
-            for scope in attempt.charged:
+            # Rows in LOCK_ORDER, as _admit locks them: concurrent logins that share the address
+            # row (a fleet behind one address) would otherwise deadlock with each other.
+            for scope in LOCK_ORDER:
                 if scope is Scope.PAIR:
-                    continue
-                # MySQL assigns left to right: blocked_until is decided on the count before
-                # the hand-back. A block this attempt started by itself is lifted with it.
-                cur.execute(
-                    "UPDATE login_throttle SET blocked_until = IF(failures <= %s, NULL, blocked_until), "
-                    "failures = IF(failures > 0, failures - 1, 0) WHERE scope = %s AND subject = %s",
-                    (self._free[scope] + 1, str(scope), attempt.subjects[scope]),
-                )
+                    cur.execute(
+                        "UPDATE login_throttle SET failures = 0, blocked_until = NULL, last_success_at = %s, "
+                        "expires_at = GREATEST(expires_at, %s) WHERE scope = 'pair' AND subject = %s",
+                        (_utc(now), _utc(now + known_s), attempt.subjects[scope]),
+                    )
+                elif scope in attempt.charged:
+                    # MySQL assigns left to right: blocked_until is decided on the count before
+                    # the hand-back. A block this attempt started by itself is lifted with it.
+                    cur.execute(
+                        "UPDATE login_throttle SET blocked_until = IF(failures <= %s, NULL, blocked_until), "
+                        "failures = IF(failures > 0, failures - 1, 0) WHERE scope = %s AND subject = %s",
+                        (self._free[scope] + 1, str(scope), attempt.subjects[scope]),
+                    )
         conn.commit()
 
     def _prune(self, conn: Connection) -> None:

@@ -33,6 +33,8 @@ class TokenError(Exception):
 class TokenClaims:
     account_id: int
     token_key: str
+    # When the password was checked for the login this token descends from (refreshes keep it).
+    auth_time: int
 
     def matches(self, account: Account) -> bool:
         """Whether the token was issued to this very account, since its last revocation."""
@@ -47,7 +49,10 @@ def new_token_key() -> str:
     return secrets.token_hex(TOKEN_KEY_BYTES)
 
 
-def issue_token(account: Account, secret: str, expires_s: int, now: float | None = None) -> str:
+def issue_token(
+    account: Account, secret: str, expires_s: int, now: float | None = None, auth_time: int | None = None
+) -> str:
+    """A token for `account`; `auth_time` is its password login's (None: this one's)."""
     if account.token_key is None:
         raise ValueError("the account has no token key yet")
     issued = int(time.time() if now is None else now)
@@ -57,6 +62,7 @@ def issue_token(account: Account, secret: str, expires_s: int, now: float | None
         "iat": issued,
         "exp": issued + expires_s,
         "key": account.token_key,
+        "auth_time": issued if auth_time is None else auth_time,  # the OpenID Connect claim name
     }
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
@@ -79,4 +85,8 @@ def verify_token(token: str, secret: str) -> TokenClaims:
         raise TokenError("malformed subject")
     if not isinstance(key, str) or not _TOKEN_KEY_RE.match(key):
         raise TokenError("malformed token key")
-    return TokenClaims(int(subject), key)
+    # Tokens issued before refreshes existed have none: their own issue time is their login's.
+    auth_time = claims.get("auth_time", claims["iat"])
+    if type(auth_time) is not int or auth_time > claims["iat"]:
+        raise TokenError("malformed auth_time")
+    return TokenClaims(int(subject), key, auth_time)

@@ -2,8 +2,8 @@
 
 Every server waits until it answers (never a fixed sleep), keeps its log file so a failing
 test can show it, and can be stopped and started again on the same port and data
-(the no-loss tests restart them mid-stream). MariaDB and Prometheus join this module
-as their components need them.
+(the no-loss tests restart them mid-stream). MariaDB, Prometheus and the auth server joined
+this module as their components needed them.
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import random
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -570,3 +572,40 @@ def listening_addresses(port: int) -> set[str]:
             words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
             found.add(str(ipaddress.ip_address(words)))
     return found
+
+
+def clean_environ() -> dict[str, str]:
+    """This process's environment without anything the auth server reads."""
+    ours = re.compile(
+        r"^(MYSQL_|JWT_|ADMIN_|INFLUXDB_|AUTH_|MQTT_|ADAPTER_MQTT_|LOGIN_|TRUSTED_PROXY_HOPS$"
+        r"|MAX_|SERIES_REFRESH_INTERVAL$|STARTUP_TIMEOUT$|PYTHONPATH$|PROMETHEUS_MULTIPROC_DIR$)"
+    )
+    return {k: v for k, v in os.environ.items() if not ours.match(k)}
+
+
+class AuthServerProcess(ManagedServer):
+    """The auth server as a process: `python -m auth_server`, i.e. gunicorn."""
+
+    name = "auth_server"
+
+    def __init__(self, workdir: Path, settings: dict[str, str]) -> None:
+        super().__init__(workdir)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **clean_environ(),
+            **settings,
+            "AUTH_HOST": "127.0.0.1",
+            "AUTH_PORT": str(self.port),
+            "PYTHONPATH": str(REPO_ROOT),
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "auth_server"]
+
+    def ready(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False

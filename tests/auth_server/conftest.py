@@ -4,24 +4,24 @@ a real InfluxDB (its own database per test), and an `api` helper that logs in an
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import secrets
-import sys
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import pymysql
 import pytest
-import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 from werkzeug.test import TestResponse
 
 from auth_server import create_app
-from tests.servers import REPO_ROOT, InfluxServer, ManagedServer, MariaDBServer, free_port
+
+# AuthServerProcess and clean_environ live beside the other servers (benchmarks start them too).
+from tests.servers import AuthServerProcess, InfluxServer, MariaDBServer, clean_environ
+
+__all__ = ["AuthServerProcess", "clean_environ"]
 
 ADMIN = "admin"
 
@@ -38,43 +38,6 @@ def mysql_database(mariadb: MariaDBServer, request: pytest.FixtureRequest) -> It
     mariadb.create_database(name)
     yield name
     mariadb.drop_database(name)
-
-
-def clean_environ() -> dict[str, str]:
-    """This process's environment without anything the auth server reads."""
-    ours = re.compile(
-        r"^(MYSQL_|JWT_|ADMIN_|INFLUXDB_|AUTH_|MQTT_|ADAPTER_MQTT_|LOGIN_|TRUSTED_PROXY_HOPS$"
-        r"|MAX_MESSAGE_BYTES$|STARTUP_TIMEOUT$|PYTHONPATH$)"
-    )
-    return {k: v for k, v in os.environ.items() if not ours.match(k)}
-
-
-class AuthServerProcess(ManagedServer):
-    """The auth server as a process: `python -m auth_server`, i.e. gunicorn."""
-
-    name = "auth_server"
-
-    def __init__(self, workdir: Path, settings: dict[str, str]) -> None:
-        super().__init__(workdir)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **clean_environ(),
-            **settings,
-            "AUTH_HOST": "127.0.0.1",
-            "AUTH_PORT": str(self.port),
-            "PYTHONPATH": str(REPO_ROOT),
-            "PYTHONUNBUFFERED": "1",
-        }
-
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", "auth_server"]
-
-    def ready(self) -> bool:
-        try:
-            return requests.get(f"{self.url}/healthz", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
 
 
 class Sql:

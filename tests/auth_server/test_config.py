@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,27 @@ def test_defaults_match_the_stack() -> None:
     assert config.max_message_bytes == 256 * 1024
     assert config.mqtt_secure is False
     assert config.reserved_usernames == frozenset()
+    assert config.jwt_refresh_max_s == 24 * 3600
+    assert 1 <= config.workers <= len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(
+    ("workers", "mysql", "influx", "per_worker"),
+    [
+        ("1", "20", "20", (20, 20)),
+        ("2", "20", "10", (10, 5)),
+        ("3", "20", "20", (6, 6)),
+        ("8", "4", "4", (1, 1)),
+    ],
+)
+def test_connection_limits_are_shared_out_among_the_workers(
+    workers: str, mysql: str, influx: str, per_worker: tuple[int, int]
+) -> None:
+    """MYSQL_MAX_CONNECTIONS and INFLUXDB_MAX_CONNECTIONS bound the whole server, whatever
+    AUTH_WORKERS is (at least one connection per worker)."""
+    env = {"JWT_SECRET": SECRET, "AUTH_WORKERS": workers, "MYSQL_MAX_CONNECTIONS": mysql}
+    config = AuthConfig.from_env({**env, "INFLUXDB_MAX_CONNECTIONS": influx})
+    assert (config.mysql_connections_per_worker, config.influxdb_connections_per_worker) == per_worker
 
 
 def test_secrets_come_from_files(tmp_path: Path) -> None:
@@ -60,6 +82,11 @@ def test_secrets_are_not_in_repr() -> None:
         ({"JWT_SECRET": SECRET, "AUTH_PORT": "http"}, "AUTH_PORT"),
         ({"JWT_SECRET": SECRET, "MYSQL_PORT": "70000"}, "MYSQL_PORT"),
         ({"JWT_SECRET": SECRET, "JWT_EXPIRES_SECONDS": "0"}, "JWT_EXPIRES_SECONDS"),
+        ({"JWT_SECRET": SECRET, "JWT_REFRESH_MAX_SECONDS": "-1"}, "JWT_REFRESH_MAX_SECONDS"),
+        ({"JWT_SECRET": SECRET, "AUTH_WORKERS": "0"}, "AUTH_WORKERS"),
+        ({"JWT_SECRET": SECRET, "AUTH_WORKERS": "65"}, "AUTH_WORKERS"),
+        ({"JWT_SECRET": SECRET, "AUTH_WORKERS": "two"}, "AUTH_WORKERS"),
+        ({"JWT_SECRET": SECRET, "INFLUXDB_MAX_CONNECTIONS": "0"}, "INFLUXDB_MAX_CONNECTIONS"),
         ({"JWT_SECRET": SECRET, "ADMIN_USERNAME": "admin"}, "ADMIN_PASSWORD"),
         ({"JWT_SECRET": SECRET, "MQTT_SECURE": "ture"}, "MQTT_SECURE"),
         ({"JWT_SECRET": SECRET, "MQTT_SECURE": "true"}, "MQTT_ADMIN_USERNAME"),

@@ -137,18 +137,25 @@ def test_requests_wait_for_one_of_mysql_max_connections(
 ) -> None:
     """The server holds far more requests than MySQL takes connections: beyond
     MYSQL_MAX_CONNECTIONS they wait, and after a while get 503 instead of MySQL's refusal."""
-    app = create_app({**settings, "MYSQL_MAX_CONNECTIONS": "2"})
+    app = create_app({**settings, "MYSQL_MAX_CONNECTIONS": "2", "AUTH_WORKERS": "1"})
     monkeypatch.setattr(db, "CONNECTION_WAIT_S", 0.2)
-    slots = app.extensions["mysql_slots"]
+    pool: db.ConnectionPool = app.extensions["mysql_pool"]
     client = app.test_client()
     assert client.get("/healthz").status_code == 200
     # Both connections taken, as two requests in flight would.
-    assert slots.acquire(timeout=0)
-    assert slots.acquire(timeout=0)
+    held = [pool.acquire(), pool.acquire()]
     busy = client.get("/healthz")
     assert busy.status_code == 503
     assert busy.get_json()["checks"]["mysql"] == "unavailable: DatabaseUnavailableError"
-    slots.release()
+    released = held.pop()
+    released_id = released.thread_id()
+    pool.release(released)
     assert client.get("/healthz").status_code == 200
-    # The request gave its connection back: one slot is free again.
-    assert slots.acquire(timeout=0)
+    # The request took the free connection and gave it back, as it was: not a new one.
+    again = pool.acquire()
+    assert again.thread_id() == released_id
+    pool.release(again)
+    pool.release(held.pop())
+    metrics = Api(client, settings)
+    assert metrics.metric("auth_mysql_connections", state="in_use") == 0
+    assert metrics.metric("auth_mysql_connections", state="idle") == 2

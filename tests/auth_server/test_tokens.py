@@ -7,7 +7,10 @@ import time
 
 import jwt
 import pytest
+from werkzeug.test import TestResponse
 
+from auth_server import auth as auth_module
+from auth_server import create_app
 from auth_server.tokens import ISSUER
 from tests.auth_server.conftest import ADMIN, Api, Sql, new_password
 
@@ -86,3 +89,104 @@ def test_a_token_of_the_previous_release_is_refused(api: Api) -> None:
     claims = {"iss": ISSUER, "sub": ADMIN, "iat": now, "exp": now + 60, "ver": 0}
     old = jwt.encode(claims, api.settings["JWT_SECRET"], algorithm="HS256")
     assert api.call("GET", "/api/accounts", token=old).status_code == 401
+
+
+# --- Refresh: a new token without the password, never outliving a revocation -----------------
+
+
+def _refresh(api: Api, token: str) -> TestResponse:
+    return api.call("POST", "/api/auth/refresh", token=token)
+
+
+def test_refresh_gives_a_new_token_without_hashing_the_password(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, token = api.device("fleet-1", ("UPB", "F1", True, True))
+    first = jwt.decode(token, options={"verify_signature": False})
+
+    def no_hashing(*_args: object) -> bool:
+        raise AssertionError("refresh must not hash a password")
+
+    monkeypatch.setattr(auth_module, "verify_password", no_hashing)
+    refreshed = _refresh(api, token)
+    assert refreshed.status_code == 200
+    body = refreshed.get_json()
+    assert body["token_type"] == "Bearer"
+    assert body["expires_in"] == 900
+    new = jwt.decode(body["access_token"], options={"verify_signature": False})
+    assert new["sub"] == first["sub"]
+    assert new["key"] == first["key"]
+    assert new["iat"] >= first["iat"]
+    assert new["auth_time"] == first["auth_time"] == first["iat"]  # the password login's time
+    me = api.call("GET", "/api/auth/me", token=body["access_token"])
+    assert me.status_code == 200
+    assert me.get_json()["username"] == "fleet-1"
+    assert api.metric("auth_token_refreshes_total", result="success") == 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"enabled": False},
+        {"password": "a-new-password-2"},
+        {"role": "admin"},
+        None,  # deleted
+    ],
+    ids=repr,
+)
+def test_a_revoked_token_cannot_be_refreshed(api: Api, change: dict | None) -> None:
+    _, token = api.device("fleet-2", ("UPB", "F2", True, True))
+    refreshed = _refresh(api, token).get_json()["access_token"]
+    admin = api.admin_token
+    if change is None:
+        assert api.call("DELETE", "/api/accounts/fleet-2", token=admin).status_code == 204
+    else:
+        assert api.call("PATCH", "/api/accounts/fleet-2", token=admin, json=change).status_code == 200
+    # Neither the original nor its refreshed descendant renews, nor opens anything.
+    for old in (token, refreshed):
+        assert _refresh(api, old).status_code == 401
+        assert api.call("GET", "/api/auth/me", token=old).status_code == 401
+    assert api.metric("auth_token_refreshes_total", result="refused") == 2
+
+
+def _token(api: Api, claims: dict) -> str:
+    return jwt.encode(claims, api.settings["JWT_SECRET"], algorithm="HS256")
+
+
+@pytest.mark.parametrize(
+    ("login_age_s", "refresh_max", "refreshes"),
+    [
+        (10, None, True),
+        (24 * 3600 - 60, None, True),
+        (24 * 3600 + 60, None, False),  # JWT_REFRESH_MAX_SECONDS's default: one day
+        (50, "60", True),
+        (70, "60", False),
+        (0, "0", False),  # 0: refreshing is off
+    ],
+)
+def test_refresh_chains_end_refresh_max_seconds_after_the_password_login(
+    settings: dict[str, str], login_age_s: int, refresh_max: str | None, refreshes: bool
+) -> None:
+    extra = {} if refresh_max is None else {"JWT_REFRESH_MAX_SECONDS": refresh_max}
+    app = create_app({**settings, **extra})
+    api = Api(app.test_client(), settings)
+    _, token = api.device("fleet-3", ("UPB", "F3", True, True))
+    claims = jwt.decode(token, options={"verify_signature": False})
+    now = int(time.time())
+    # Refreshed many times since: still valid now, its login long ago.
+    descendant = _token(api, {**claims, "iat": now, "exp": now + 900, "auth_time": now - login_age_s})
+    response = _refresh(api, descendant)
+    assert response.status_code == (200 if refreshes else 401)
+    if refreshes:
+        renewed = jwt.decode(response.get_json()["access_token"], options={"verify_signature": False})
+        assert renewed["auth_time"] == now - login_age_s
+
+
+@pytest.mark.parametrize("auth_time", ["yesterday", 1.5, True, None, "later"])
+def test_a_malformed_auth_time_is_refused(api: Api, auth_time: object) -> None:
+    _, token = api.device("fleet-4", ("UPB", "F4", True, True))
+    claims = jwt.decode(token, options={"verify_signature": False})
+    claims["auth_time"] = claims["iat"] + 60 if auth_time == "later" else auth_time
+    forged = _token(api, claims)
+    assert api.call("GET", "/api/auth/me", token=forged).status_code == 401
+    assert _refresh(api, forged).status_code == 401

@@ -557,3 +557,22 @@ def test_auth_server_and_mysql_agree_on_the_account(stack: dict[str, Any]) -> No
     for key in ("MYSQL_DATABASE", "MYSQL_USER", "MYSQL_PASSWORD_FILE"):
         assert auth[key] == mysql[key], key
     assert env(stack["services"]["phpmyadmin"])["PMA_HOST"] == "mysql"
+
+
+@pytest.mark.parametrize(
+    ("env", "replicas", "workers"),
+    [
+        ({}, 1, "2"),
+        ({"AUTH_SERVER_REPLICAS": "3"}, 3, "2"),
+        ({"AUTH_SERVER_REPLICAS": "2", "AUTH_WORKERS": "4"}, 2, "4"),
+    ],
+)
+def test_the_http_api_scales_by_replicas_and_workers(
+    tmp_path: Path, env: dict[str, str], replicas: int, workers: str
+) -> None:
+    """AUTH_SERVER_REPLICAS and AUTH_WORKERS reach the auth server's service; its CPU limit
+    lets the default two workers run at once."""
+    auth = stack_config(env, tmp_path)["services"]["auth_server"]
+    assert int(auth["deploy"]["replicas"]) == replicas
+    assert auth["environment"]["AUTH_WORKERS"] == workers
+    assert float(auth["deploy"]["resources"]["limits"]["cpus"]) >= 2
