@@ -25,7 +25,7 @@ from adapter.contract import (
     split_topic,
     valid_name,
 )
-from adapter.influx import InfluxWriter, SeriesBudgetKeeper, TransientWriteError
+from adapter.influx import SeriesBudgetKeeper, TransientWriteError
 from auth_server.auth import current_account, login_required
 from auth_server.config import AuthConfig
 from auth_server.errors import ApiError
@@ -66,14 +66,7 @@ def _series_budget() -> SeriesBudgetKeeper:
     keeper = current_app.extensions.get("series_budget")
     if keeper is None:
         config: AuthConfig = current_app.config["AUTH"]
-        reader = InfluxWriter(
-            config.influxdb_host,
-            config.influxdb_port,
-            config.influxdb_database,
-            60,
-            username=config.influxdb_username,
-            password=config.influxdb_password,
-        )
+        reader = _influx().series_reader()
         budget = SeriesBudget(config.limits.max_series_per_device, config.limits.max_series)
         keeper = current_app.extensions.setdefault(
             "series_budget", SeriesBudgetKeeper(budget, reader, config.series_refresh_s)

@@ -43,6 +43,8 @@ class InfluxClient:
         self.url = f"http://{host}:{port}"
         self.database = database
         self.timeout_s = timeout_s
+        self._server = (host, port)
+        self._credentials = (username, password)
         self._writer = InfluxWriter(
             host, port, database, timeout_s, username=username, password=password, pool_size=max_connections
         )
@@ -56,6 +58,12 @@ class InfluxClient:
         self._session.mount("http://", adapter)
         # A threading semaphore: under gevent (python -m auth_server) it is gevent's, cooperative.
         self._slots = threading.BoundedSemaphore(max_connections)
+
+    def series_reader(self, timeout_s: float = 60.0) -> InfluxWriter:
+        """A connection of its own for reading the series budget (a long read must not hold one
+        of the writers' slots), with this client's server and credentials."""
+        (host, port), (username, password) = self._server, self._credentials
+        return InfluxWriter(host, port, self.database, timeout_s, username=username, password=password)
 
     @contextmanager
     def _slot(self) -> Iterator[None]:
