@@ -269,6 +269,18 @@ def containers_of(service: str) -> list[Container]:
     return sorted(found, key=lambda c: c.slot)
 
 
+def engine_containers(service: str) -> list[str]:
+    """Containers of a service that still exist on any node's engine, stopping ones included.
+
+    Scaling a service down sets its tasks' desired state to shutdown at once, while each container
+    runs out its stop grace period (the adapter's is 30 s): a check that needs the service really
+    gone asks the engines, not the manager's task list.
+    """
+    label = f"label=com.docker.swarm.service.name={STACK}_{service}"
+    engines: list[str | None] = [*NODES] or [None]
+    return [found for node in engines for found in lines(docker("ps", "-q", "--filter", label, node=node))]
+
+
 def container_of(service: str) -> Container:
     """The running container of a single-replica service of the stack."""
     found = containers_of(service)
@@ -1022,7 +1034,7 @@ def check_record_points(ctx: Context) -> str:
 
 def check_queue_for_stopped_adapter(ctx: Context) -> str:
     docker("service", "scale", "--detach=true", f"{STACK}_adapter=0")
-    gone = poll("adapter stopped", lambda: containers_of("adapter"), lambda found: not found, 120)
+    gone = poll("adapter stopped", lambda: engine_containers("adapter"), lambda found: not found, 120)
     if gone:
         raise CheckFailedError("the adapter's container did not go away")
     summary = run_simulator(
