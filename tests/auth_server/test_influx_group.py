@@ -39,7 +39,7 @@ def run_all(calls: list[Callable[[], None]]) -> list[Exception | None]:
     def run(index: int) -> None:
         try:
             calls[index]()
-        except Exception as exc:  # noqa: BLE001 - each call's own outcome is the point
+        except Exception as exc:  # each call's own outcome is the point
             outcome[index] = exc
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
@@ -141,7 +141,8 @@ def test_a_refused_write_fails_alone(influx: InfluxServer, database: str, client
     assert isinstance(outcome[3], InfluxRejectedError)
     # The group, refused, was written again request by request.
     assert recorder.groups == [1, 12, 2, 2, 2, 2, 2, 2]
-    stored = {s["name"]: s["values"][0][1] for s in influx.series('SELECT count("value") FROM /.*/', database)}
+    counts = influx.series('SELECT count("value") FROM /.*/', database)
+    stored = {s["name"]: s["values"][0][1] for s in counts}
     assert stored == {"r0.temp": 1, **{f"r{i}.temp": 2 for i in range(1, 6)}, "r9.temp": 1, "typed.temp": 1}
 
 
