@@ -11,7 +11,7 @@ from typing import Any, TypeVar, cast
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from auth_server.config import AuthConfig
-from auth_server.db import close_db, get_db
+from auth_server.db import get_db, reader
 from auth_server.errors import ApiError, unauthorized
 from auth_server.gateway import client_address
 from auth_server.metrics import AuthMetrics
@@ -62,11 +62,10 @@ def _verified_token() -> tuple[TokenClaims, Account]:
     except TokenError as exc:
         raise unauthorized("invalid or expired token") from exc
     # The account is read on every request, so deletion, disabling and rights changes apply
-    # at once rather than when the token expires.
-    account = AccountStore(get_db()).get_by_id(claims.account_id)
-    # The view reads the body next, as slowly as the client sends it: it must not hold a MySQL
-    # connection meanwhile (a data write needs none again; other views get one again).
-    close_db()
+    # at once rather than when the token expires. The view reads the body next, as slowly as
+    # the client sends it: the connection goes back first (a data write needs none again).
+    with reader() as conn:
+        account = AccountStore(conn).get_by_id(claims.account_id)
     if account is None or not account.enabled or not claims.matches(account):
         raise unauthorized("invalid or expired token")
     return claims, account

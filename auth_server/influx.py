@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import requests
@@ -22,6 +24,116 @@ class InfluxUnavailableError(RuntimeError):
 
 class InfluxRejectedError(RuntimeError):
     """InfluxDB refused the write for good (HTTP 4xx); some points of it may have been stored."""
+
+
+# A group is one write request to InfluxDB: about the batch size InfluxDB's documentation
+# recommends; a single request with more lines than this is written alone.
+GROUP_MAX_LINES = 5000
+
+
+@dataclass(slots=True, eq=False)
+class _Pending:
+    lines: Sequence[str]
+    done: threading.Event = field(default_factory=threading.Event)
+    taken: bool = False  # in a group being written: it will end without this request's help
+    leads: bool = False  # handed the lead: this request writes the next group
+    error: Exception | None = None
+
+
+class GroupWriter:
+    """Concurrent requests' lines written to InfluxDB in one request per group (group commit).
+
+    A request that finds no group being written writes at once, alone: no latency is added
+    when the API is quiet. Requests that arrive meanwhile queue; when the write in flight ends,
+    the request that leads the queue writes every queued request's lines in one group, and
+    each waits for the group holding its own lines. Under load a group grows with the load, so
+    InfluxDB gets one write per group instead of one per request (that write is the largest
+    share of a request's cost). Each request still gets its own answer: when InfluxDB refuses
+    a group of several, each request's lines are written again on their own (rewriting a
+    stored point is harmless: same series and time), so one request's bad point fails only
+    that request. No thread is needed (the requests take turns), so it works the same under
+    gunicorn's gevent workers and in plain threads.
+    """
+
+    def __init__(
+        self, write: Callable[[Sequence[str]], None], wait_s: float, max_lines: int = GROUP_MAX_LINES
+    ) -> None:
+        self._write = write
+        self._wait_s = wait_s
+        self._max_lines = max_lines
+        self._lock = threading.Lock()
+        self._queue: deque[_Pending] = deque()
+        self._writing = False
+
+    def write(self, lines: Sequence[str]) -> None:
+        """Write `lines`; raises what writing them alone would have raised."""
+        mine = _Pending(lines)
+        with self._lock:
+            self._queue.append(mine)
+            leads = not self._writing
+            self._writing = True
+        if not leads:
+            self._wait(mine)
+            leads = mine.leads
+        if leads:
+            self._lead()
+        if mine.error is not None:
+            raise mine.error
+
+    def _wait(self, mine: _Pending) -> None:
+        """Until `mine` is written or handed the lead; a request whose lines were not taken
+        within `wait_s` leaves the queue unwritten."""
+        if mine.done.wait(self._wait_s):
+            return
+        with self._lock:
+            if not mine.taken and not mine.leads:
+                self._queue.remove(mine)
+                mine.error = InfluxUnavailableError(
+                    f"InfluxDB did not take this write within {self._wait_s:g}s (writes queued)"
+                )
+                mine.done.set()
+                return
+        # Taken into a group in flight (its write has its own timeout), or just made leader.
+        mine.done.wait()
+
+    def _lead(self) -> None:
+        """Write one group from the head of the queue (this request's lines are in it), then
+        hand the lead to the next queued request."""
+        with self._lock:
+            group = [self._queue.popleft()]
+            count = len(group[0].lines)
+            while self._queue and count + len(self._queue[0].lines) <= self._max_lines:
+                group.append(self._queue.popleft())
+                count += len(group[-1].lines)
+            for pending in group:
+                pending.taken = True
+        try:
+            self._flush(group)
+        finally:
+            with self._lock:
+                if self._queue:
+                    self._queue[0].leads = True
+                    self._queue[0].done.set()
+                else:
+                    self._writing = False
+            for pending in group:
+                pending.done.set()
+
+    def _flush(self, group: list[_Pending]) -> None:
+        try:
+            self._write([line for pending in group for line in pending.lines])
+        except InfluxRejectedError as exc:
+            if len(group) == 1:
+                group[0].error = exc
+                return
+            for pending in group:
+                try:
+                    self._write(pending.lines)
+                except (InfluxRejectedError, InfluxUnavailableError) as own:
+                    pending.error = own
+        except InfluxUnavailableError as exc:
+            for pending in group:
+                pending.error = exc
 
 
 class InfluxClient:
@@ -58,6 +170,7 @@ class InfluxClient:
         self._session.mount("http://", adapter)
         # A threading semaphore: under gevent (python -m auth_server) it is gevent's, cooperative.
         self._slots = threading.BoundedSemaphore(max_connections)
+        self._group = GroupWriter(self._write_now, wait_s=timeout_s)
 
     def series_reader(self, timeout_s: float = 60.0) -> InfluxWriter:
         """A connection of its own for reading the series budget (a long read must not hold one
@@ -92,7 +205,11 @@ class InfluxClient:
             return False
 
     def write_lines(self, lines: Sequence[str]) -> None:
-        """Write every line in one request; creates the database once if it is missing."""
+        """Write every line, together with other requests' lines written at the same time
+        (GroupWriter); creates the database once if it is missing."""
+        self._group.write(lines)
+
+    def _write_now(self, lines: Sequence[str]) -> None:
         with self._slot():
             self._write(lines)
 

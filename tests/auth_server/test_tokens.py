@@ -190,3 +190,24 @@ def test_a_malformed_auth_time_is_refused(api: Api, auth_time: object) -> None:
     forged = _token(api, claims)
     assert api.call("GET", "/api/auth/me", token=forged).status_code == 401
     assert _refresh(api, forged).status_code == 401
+
+
+def test_a_token_verified_before_still_expires(api: Api) -> None:
+    """Verified tokens are remembered by their text (tokens._verified): the expiry is checked
+    on every use all the same."""
+    _, token = api.device("fleet-5", ("UPB", "F5", True, True))
+    claims = jwt.decode(token, options={"verify_signature": False})
+    claims["exp"] = int(time.time()) + 2
+    short = _token(api, claims)
+    assert api.call("GET", "/api/auth/me", token=short).status_code == 200
+    assert api.call("GET", "/api/auth/me", token=short).status_code == 200
+    time.sleep(max(0.0, claims["exp"] - time.time()) + 0.05)
+    assert api.call("GET", "/api/auth/me", token=short).status_code == 401
+    assert _refresh(api, short).status_code == 401
+    # A token altered after one that verified is not taken for it.
+    assert (
+        api.call(
+            "GET", "/api/auth/me", token=token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1]
+        ).status_code
+        == 401
+    )
