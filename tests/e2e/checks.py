@@ -487,6 +487,19 @@ def pretty(value: Any) -> str:
 # --- Checks of the first deployment --------------------------------------------------
 
 
+def wait_converged(timeout_s: float) -> dict[str, tuple[int, int]]:
+    """Every service's (running, desired) tasks once they agree, or as they are after `timeout_s`.
+
+    A node that joins again (or is made active after a drain) gets its global tasks (Kong) a
+    few seconds after it is ready: the stack is whole once they run."""
+    return poll(
+        "services converged",
+        deployed_services,
+        lambda services: all(running == desired for running, desired in services.values()),
+        timeout_s,
+    )
+
+
 def check_services_running(ctx: Context) -> str:
     import yaml  # only the runner's Python needs it, not the probes
 
@@ -1348,14 +1361,16 @@ def check_node_back(ctx: Context) -> str:
     state = poll("node ready", lambda: swarm_nodes()[node].state, lambda s: s == "ready", 180)
     if state != "ready":
         raise CheckFailedError(f"{node} is {state} 180s after its engine started again")
+    ready_s = time.monotonic() - started
     # Its old tasks were rescheduled elsewhere: the manager has the node shut them down.
     left = poll("stale tasks gone", lambda: stack_containers_on(node), lambda found: not found, 120)
     if left:
         raise CheckFailedError(f"{node} still runs {len(left)} containers of the stack")
+    wait_converged(180)
     check_services_running(ctx)
     return (
-        f"{node} powered on: back in the swarm as the same node, ready after "
-        f"{time.monotonic() - started:.0f}s, its stale tasks shut down; every service runs its tasks"
+        f"{node} powered on: back in the swarm as the same node, ready after {ready_s:.0f}s, its "
+        f"stale tasks shut down; every service runs its tasks {time.monotonic() - started:.0f}s after"
     )
 
 
@@ -1378,6 +1393,8 @@ def check_drain(ctx: Context) -> str:
         check_services_running(ctx)
     finally:
         docker("node", "update", "--availability", "active", node)
+    # Its global task (Kong) comes back to it; the later checks need the whole stack.
+    wait_converged(180)
     now = ", ".join(f"slot {slot} on {n}" for slot, n in sorted(moved.items()))
     return (
         f"{node} drained after {at_drain} values: its tasks ({', '.join(sorted(before))}) moved, "
