@@ -96,6 +96,10 @@ class ConnectionPool:
     tens of milliseconds: TCP, the login handshake, and PyMySQL's TLS context). At most `size`
     exist at once; a request that finds none free waits up to CONNECTION_WAIT_S for one.
 
+    Two kinds are kept: connections with explicit transactions (the default), and autocommit
+    ones for single statements that read (`reader()`). Both count against `size`: a new
+    connection of one kind closes an idle one of the other when the pool is full.
+
     A connection goes back to the pool with no transaction open (a request's snapshot or locks
     never reach the next request), and is dropped instead when it failed, so a MySQL restart
     costs one new connection per pooled one, not a server restart. Gevent-safe: under
@@ -103,12 +107,9 @@ class ConnectionPool:
     PyMySQL's (patched) sockets.
     """
 
-    def __init__(
-        self, config: AuthConfig, size: int, in_use: Gauge, idle: Gauge, *, autocommit: bool = False
-    ) -> None:
+    def __init__(self, config: AuthConfig, size: int, in_use: Gauge, idle: Gauge) -> None:
         self.config = config
         self.size = size
-        self.autocommit = autocommit
         self._in_use, self._idle_gauge = in_use, idle
         self._reset()
 
@@ -116,29 +117,32 @@ class ConnectionPool:
         # A forked worker starts with a pool of its own: the parent's sockets are not ours.
         self._pid = os.getpid()
         self._slots = threading.BoundedSemaphore(self.size)
-        self._idle: list[Connection] = []
+        self._busy = 0
+        self._idle: dict[bool, list[Connection]] = {False: [], True: []}  # by autocommit
         self._in_use.set(0)
         self._idle_gauge.set(0)
 
-    def acquire(self) -> Connection:
+    def acquire(self, autocommit: bool = False) -> Connection:
         if self._pid != os.getpid():
             self._reset()
         if not self._slots.acquire(timeout=CONNECTION_WAIT_S):
             raise DatabaseUnavailableError(f"all {self.size} MySQL connections of this worker are busy")
         try:
-            conn = self._take_idle() or connect(self.config, self.autocommit)
+            conn = self._take_idle(autocommit) or self._connect(autocommit)
         except pymysql.err.OperationalError as exc:
             self._slots.release()
             raise DatabaseUnavailableError(f"cannot connect to MySQL: {exc.args[-1]}") from exc
         except BaseException:
             self._slots.release()
             raise
+        self._busy += 1
         self._in_use.inc()
         return conn
 
-    def _take_idle(self) -> Connection | None:
-        while self._idle:
-            conn = self._idle.pop()  # the most recently used: warm, least likely timed out
+    def _take_idle(self, autocommit: bool) -> Connection | None:
+        idle = self._idle[autocommit]
+        while idle:
+            conn = idle.pop()  # the most recently used: warm, least likely timed out
             self._idle_gauge.dec()
             if not _closed_by_server(conn):
                 return conn
@@ -146,21 +150,30 @@ class ConnectionPool:
             _close_quietly(conn)
         return None
 
+    def _connect(self, autocommit: bool) -> Connection:
+        other = self._idle[not autocommit]
+        if other and self._busy + len(other) >= self.size:
+            self._idle_gauge.dec()
+            _close_quietly(other.pop(0))  # the least recently used
+        return connect(self.config, autocommit)
+
     def release(self, conn: Connection) -> None:
+        self._busy -= 1
         self._in_use.dec()
+        autocommit = bool(conn.autocommit_mode)
         try:
             # Without autocommit, always: PyMySQL does not track a transaction a SELECT opened,
             # and its snapshot and metadata locks must not outlive the request (a stale
             # snapshot would hide an account's revocation; the locks block DDL). With it, only
             # an explicit transaction left open needs ending: the server's status says so.
             in_transaction = conn.server_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS
-            if conn.open and (not self.autocommit or in_transaction):
+            if conn.open and (not autocommit or in_transaction):
                 conn.rollback()
         except pymysql.MySQLError:
             _close_quietly(conn)
         else:
             if conn.open and self._pid == os.getpid():
-                self._idle.append(conn)
+                self._idle[autocommit].append(conn)
                 self._idle_gauge.inc()
             else:
                 _close_quietly(conn)
@@ -169,9 +182,10 @@ class ConnectionPool:
 
     def close(self) -> None:
         """Close the idle connections (those in use are closed when they come back)."""
-        while self._idle:
-            self._idle_gauge.dec()
-            _close_quietly(self._idle.pop())
+        for idle in self._idle.values():
+            while idle:
+                self._idle_gauge.dec()
+                _close_quietly(idle.pop())
 
 
 def _close_quietly(conn: Connection) -> None:
@@ -197,11 +211,11 @@ def close_db(_error: BaseException | None = None) -> None:
 @contextlib.contextmanager
 def reader() -> Iterator[Connection]:
     """A connection for single statements that read, such as the account check every
-    authenticated request makes. Its pool's connections autocommit: a read opens no
-    transaction, so it sees the latest committed rows (a revocation at once) and giving the
-    connection back costs no ROLLBACK round trip (a tenth of a request's cost)."""
-    pool: ConnectionPool = current_app.extensions["mysql_reader_pool"]
-    conn = pool.acquire()
+    authenticated request makes. It autocommits: a read opens no transaction, so it sees the
+    latest committed rows (a revocation at once) and giving the connection back costs no
+    ROLLBACK round trip (a tenth of a request's cost)."""
+    pool: ConnectionPool = current_app.extensions["mysql_pool"]
+    conn = pool.acquire(autocommit=True)
     try:
         yield conn
     finally:
@@ -210,12 +224,11 @@ def reader() -> Iterator[Connection]:
 
 def init_app(app: Flask, metrics: AuthMetrics) -> None:
     config: AuthConfig = app.config["AUTH"]
-    # Both pools count in the same gauges: the connections this worker holds.
-    in_use = metrics.mysql_connections.labels(state="in_use")
-    idle = metrics.mysql_connections.labels(state="idle")
-    app.extensions["mysql_pool"] = ConnectionPool(config, config.mysql_connections_per_worker, in_use, idle)
-    app.extensions["mysql_reader_pool"] = ConnectionPool(
-        config, config.mysql_connections_per_worker, in_use, idle, autocommit=True
+    app.extensions["mysql_pool"] = ConnectionPool(
+        config,
+        config.mysql_connections_per_worker,
+        metrics.mysql_connections.labels(state="in_use"),
+        metrics.mysql_connections.labels(state="idle"),
     )
     app.teardown_appcontext(close_db)
 

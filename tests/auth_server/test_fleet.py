@@ -179,6 +179,36 @@ def _connections_opened(mariadb: MariaDBServer) -> int:
         return int(cur.fetchone()[1])
 
 
+def test_concurrent_writes_are_each_stored_once(fleet: Fleet, influx: InfluxServer, database: str) -> None:
+    """Many clients writing at once through both workers (their writes grouped into fewer
+    InfluxDB requests, auth_server.influx.GroupWriter): every write is answered 200 and stored
+    in its own device's series, and the metric counts what was stored."""
+    clients, writes = 16, 25
+    devices = [fleet.device(f"group-{n}", f"G{n}") for n in range(clients)]
+    before = fleet.metrics().get(("auth_points_written_total", frozenset()), 0.0)
+    statuses: list[int] = []
+
+    def client(n: int) -> None:
+        url = f"{fleet.url}/api/data/FLEET/G{n}"
+        with requests.Session() as session:
+            for k in range(writes):
+                body = {"timestamp": 1_700_000_000_000 + k, "T": k, "H": n, "state": "ok"}
+                statuses.append(session.post(url, json=body, headers=devices[n], timeout=30).status_code)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert statuses == [200] * (clients * writes)
+    counts = influx.series('SELECT count("value") FROM /^G[0-9]+\\./ WHERE "location" = \'FLEET\'', database)
+    assert {s["name"]: s["values"][0][1] for s in counts} == {
+        f"G{n}.{metric}": writes for n in range(clients) for metric in ("T", "H")
+    }
+    written = fleet.metrics()[("auth_points_written_total", frozenset())] - before
+    assert written == clients * writes * 2
+
+
 def test_requests_reuse_pooled_mysql_connections(fleet: Fleet, mariadb: MariaDBServer) -> None:
     headers = fleet.device("pool-dev", "P1")
     before = _connections_opened(mariadb)
