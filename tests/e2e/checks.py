@@ -323,10 +323,24 @@ def running_services() -> list[str]:
     return [name for name, (running, _) in deployed_services().items() if running]
 
 
+# The `influx` client, logged in as the admin when the secure profile turned InfluxDB's
+# authentication on: its password is read from the admin's secret inside the container, so it
+# never leaves it.
+_INFLUX_CLI = (
+    'if [ -n "${INFLUX_ADMIN_PASSWORD_FILE:-}" ]; then '
+    'set -- -username "${INFLUX_ADMIN_USER:-admin}" -password "$(cat "$INFLUX_ADMIN_PASSWORD_FILE")" "$@"; '
+    'fi; exec influx "$@"'
+)
+
+
+def influx_cli(*args: str) -> str:
+    """The `influx` client inside the InfluxDB container (never published)."""
+    return container_of("influxdb").exec("sh", "-c", _INFLUX_CLI, "influx", *args)
+
+
 def influx_query(query: str) -> list[dict[str, Any]]:
-    """InfluxQL run by the `influx` client inside the InfluxDB container (never published)."""
-    out = container_of("influxdb").exec(
-        "influx",
+    """InfluxQL run by the `influx` client inside the InfluxDB container."""
+    out = influx_cli(
         "-database",
         DATABASE,
         "-format",
@@ -359,8 +373,7 @@ def counts_by_series(prefix: str) -> dict[str, dict[str, int]]:
 
 def stored_rows(pattern: str) -> list[tuple[str, ...]]:
     """Every stored point of the measurements matching the regex, as sorted CSV rows."""
-    out = container_of("influxdb").exec(
-        "influx",
+    out = influx_cli(
         "-database",
         DATABASE,
         "-format",
