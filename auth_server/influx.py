@@ -109,6 +109,13 @@ class GroupWriter:
                 pending.taken = True
         try:
             self._flush(group)
+        except BaseException as exc:
+            # Whatever stopped the write (a bug, the worker's timeout): no request of the group
+            # may be answered as stored.
+            for pending in group:
+                if pending.error is None:
+                    pending.error = InfluxUnavailableError(f"the write did not complete: {exc!r}")
+            raise
         finally:
             with self._lock:
                 if self._queue:

@@ -171,3 +171,34 @@ def test_a_write_not_taken_in_time_leaves_unwritten(
     assert influx.count_points(database) == 1
     writer.write([line("after", 1.0, 3)])  # the writer is not stuck
     assert influx.count_points(database) == 2
+
+
+def test_a_write_that_breaks_fails_the_whole_group(client: InfluxClient) -> None:
+    """Not only InfluxDB's answers: whatever stops a group's write, none of its requests is
+    answered as stored."""
+    recorder = Recorder(client)
+
+    def write(lines: Sequence[str]) -> None:
+        recorder(lines)
+        if len(lines) > 1:  # the group of four breaks; the first write, alone, does not
+            raise RuntimeError("stopped mid-write")
+
+    writer = GroupWriter(write, wait_s=30)
+    recorder.gate.clear()
+    first = threading.Thread(target=writer.write, args=([line("x0", 1.0, 1)],))
+    first.start()
+    while not recorder.groups:
+        time.sleep(0.01)
+    done: list[list[Exception | None]] = []
+    calls = [(lambda i=i: writer.write([line(f"x{i}", 1.0, i)])) for i in range(1, 5)]
+    runner = threading.Thread(target=lambda: done.append(run_all(calls)))
+    runner.start()
+    wait_queued(writer, 4)
+    recorder.gate.set()
+    runner.join(60)
+    first.join(60)
+    assert recorder.groups == [1, 4]
+    assert len(done[0]) == 4
+    # The leader of the broken group sees the error itself; the others are told it failed.
+    assert all(isinstance(exc, (RuntimeError, InfluxUnavailableError)) for exc in done[0]), done
+    assert not writer._queue and not writer._writing
