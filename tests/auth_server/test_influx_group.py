@@ -58,6 +58,34 @@ def wait_queued(writer: GroupWriter, count: int) -> None:
         time.sleep(0.01)
 
 
+def hold(writer: GroupWriter, recorder: Recorder, lines: list[str]) -> threading.Thread:
+    """A write started and held at the recorder's gate (the group in flight), as a thread."""
+    recorder.gate.clear()
+    leader = threading.Thread(target=writer.write, args=(lines,))
+    leader.start()
+    deadline = time.monotonic() + 30
+    while not recorder.groups:
+        assert time.monotonic() < deadline, "the first write never reached InfluxDB"
+        time.sleep(0.01)
+    return leader
+
+
+def behind_a_held_write(
+    writer: GroupWriter, recorder: Recorder, first: list[str], calls: list[Callable[[], None]]
+) -> list[Exception | None]:
+    """`calls` queued while a first write is held at InfluxDB, then released: their outcomes."""
+    leader = hold(writer, recorder, first)
+    done: list[list[Exception | None]] = []
+    runner = threading.Thread(target=lambda: done.append(run_all(calls)))
+    runner.start()
+    wait_queued(writer, len(calls))
+    recorder.gate.set()
+    runner.join(60)
+    leader.join(60)
+    assert done, "the queued writes never returned"
+    return done[0]
+
+
 @pytest.fixture
 def client(influx: InfluxServer, database: str) -> InfluxClient:
     influx.query(f'DROP DATABASE "{database}"')
@@ -70,26 +98,12 @@ def test_concurrent_writes_go_in_groups_and_are_all_stored(
 ) -> None:
     recorder = Recorder(client)
     writer = GroupWriter(recorder, wait_s=30)
-    recorder.gate.clear()
-    first = threading.Thread(target=writer.write, args=([line("s0", 1.0, 1)],))
-    first.start()
-    deadline = time.monotonic() + 30
-    while not recorder.groups:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
     # While the first write is held at InfluxDB, 40 requests of 1-3 lines each queue.
     calls = [
         (lambda i=i: writer.write([line(f"s{i}", float(n), 1000 + n) for n in range(1 + i % 3)]))
         for i in range(1, 41)
     ]
-    done: list[list[Exception | None]] = []
-    runner = threading.Thread(target=lambda: done.append(run_all(calls)))
-    runner.start()
-    wait_queued(writer, 40)
-    recorder.gate.set()
-    runner.join(60)
-    first.join(60)
-    assert done == [[None] * 40]
+    assert behind_a_held_write(writer, recorder, [line("s0", 1.0, 1)], calls) == [None] * 40
     expected = 1 + sum(1 + i % 3 for i in range(1, 41))
     # Two requests to InfluxDB for 41 writes: the held one, then all that queued behind it.
     assert recorder.groups == [1, expected - 1]
@@ -100,20 +114,8 @@ def test_concurrent_writes_go_in_groups_and_are_all_stored(
 def test_a_group_is_bounded_by_lines(client: InfluxClient) -> None:
     recorder = Recorder(client)
     writer = GroupWriter(recorder, wait_s=30, max_lines=10)
-    recorder.gate.clear()
-    first = threading.Thread(target=writer.write, args=([line("b0", 1.0, 1)],))
-    first.start()
-    while not recorder.groups:
-        time.sleep(0.01)
     calls = [(lambda i=i: writer.write([line(f"b{i}", float(n), n) for n in range(4)])) for i in range(1, 7)]
-    done: list[list[Exception | None]] = []
-    runner = threading.Thread(target=lambda: done.append(run_all(calls)))
-    runner.start()
-    wait_queued(writer, 6)
-    recorder.gate.set()
-    runner.join(60)
-    first.join(60)
-    assert done == [[None] * 6]
+    assert behind_a_held_write(writer, recorder, [line("b0", 1.0, 1)], calls) == [None] * 6
     # 6 writes of 4 lines with at most 10 lines per group: groups of 2 writes.
     assert recorder.groups == [1, 8, 8, 8]
 
@@ -122,21 +124,9 @@ def test_a_refused_write_fails_alone(influx: InfluxServer, database: str, client
     client.write_lines([line("typed", 1.0, 1)])  # the field is a float from now on
     recorder = Recorder(client)
     writer = GroupWriter(recorder, wait_s=30)
-    recorder.gate.clear()
-    first = threading.Thread(target=writer.write, args=([line("r0", 1.0, 1)],))
-    first.start()
-    while not recorder.groups:
-        time.sleep(0.01)
     good = [(lambda i=i: writer.write([line(f"r{i}", 2.0, 5), line(f"r{i}", 3.0, 6)])) for i in range(1, 6)]
     bad = lambda: writer.write([line("r9", 1.0, 7), line("typed", "text", 8)])  # noqa: E731
-    done: list[list[Exception | None]] = []
-    runner = threading.Thread(target=lambda: done.append(run_all([*good[:3], bad, *good[3:]])))
-    runner.start()
-    wait_queued(writer, 6)
-    recorder.gate.set()
-    runner.join(60)
-    first.join(60)
-    outcome = done[0]
+    outcome = behind_a_held_write(writer, recorder, [line("r0", 1.0, 1)], [*good[:3], bad, *good[3:]])
     assert outcome[:3] == [None] * 3 and outcome[4:] == [None] * 2
     assert isinstance(outcome[3], InfluxRejectedError)
     # The group, refused, was written again request by request.
@@ -158,11 +148,7 @@ def test_a_write_not_taken_in_time_leaves_unwritten(
 ) -> None:
     recorder = Recorder(client)
     writer = GroupWriter(recorder, wait_s=0.5)
-    recorder.gate.clear()
-    first = threading.Thread(target=writer.write, args=([line("w0", 1.0, 1)],))
-    first.start()
-    while not recorder.groups:
-        time.sleep(0.01)
+    first = hold(writer, recorder, [line("w0", 1.0, 1)])
     outcome = run_all([lambda: writer.write([line("late", 1.0, 2)])])
     recorder.gate.set()
     first.join(60)
@@ -184,21 +170,10 @@ def test_a_write_that_breaks_fails_the_whole_group(client: InfluxClient) -> None
             raise RuntimeError("stopped mid-write")
 
     writer = GroupWriter(write, wait_s=30)
-    recorder.gate.clear()
-    first = threading.Thread(target=writer.write, args=([line("x0", 1.0, 1)],))
-    first.start()
-    while not recorder.groups:
-        time.sleep(0.01)
-    done: list[list[Exception | None]] = []
     calls = [(lambda i=i: writer.write([line(f"x{i}", 1.0, i)])) for i in range(1, 5)]
-    runner = threading.Thread(target=lambda: done.append(run_all(calls)))
-    runner.start()
-    wait_queued(writer, 4)
-    recorder.gate.set()
-    runner.join(60)
-    first.join(60)
+    outcome = behind_a_held_write(writer, recorder, [line("x0", 1.0, 1)], calls)
     assert recorder.groups == [1, 4]
-    assert len(done[0]) == 4
+    assert len(outcome) == 4
     # The leader of the broken group sees the error itself; the others are told it failed.
-    assert all(isinstance(exc, (RuntimeError, InfluxUnavailableError)) for exc in done[0]), done
+    assert all(isinstance(exc, (RuntimeError, InfluxUnavailableError)) for exc in outcome), outcome
     assert not writer._queue and not writer._writing
