@@ -23,7 +23,7 @@ from auth_server.metrics import AuthMetrics
 from auth_server.mqtt_sync import DeviceState, MqttAccountSync, MqttSyncError
 from auth_server.passwords import hash_password
 from auth_server.policy import Role, ValidationError, validate_password, validate_username
-from auth_server.store import AccountStore
+from auth_server.store import AccountReader, AccountStore
 from auth_server.throttle import LoginThrottle
 
 __all__ = ["ConfigError", "create_app"]
@@ -59,6 +59,7 @@ def create_app(test_config: Mapping[str, str] | None = None) -> Flask:
         app.extensions["mqtt_sync"] = MqttAccountSync(config)
 
     db.init_app(app, metrics)
+    app.extensions["account_reader"] = AccountReader(app.extensions["mysql_pool"])
     gateway.init_app(app, config)
     register_error_handlers(app)
     metrics.instrument(app)

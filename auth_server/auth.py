@@ -11,13 +11,13 @@ from typing import Any, TypeVar, cast
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from auth_server.config import AuthConfig
-from auth_server.db import get_db, reader
+from auth_server.db import get_db
 from auth_server.errors import ApiError, unauthorized
 from auth_server.gateway import client_address
 from auth_server.metrics import AuthMetrics
 from auth_server.passwords import verify_password
 from auth_server.policy import Account, is_username
-from auth_server.store import AccountStore
+from auth_server.store import AccountReader, AccountStore
 from auth_server.throttle import LoginThrottle
 from auth_server.tokens import TokenClaims, TokenError, issue_token, verify_token
 
@@ -63,9 +63,9 @@ def _verified_token() -> tuple[TokenClaims, Account]:
         raise unauthorized("invalid or expired token") from exc
     # The account is read on every request, so deletion, disabling and rights changes apply
     # at once rather than when the token expires. The view reads the body next, as slowly as
-    # the client sends it: the connection goes back first (a data write needs none again).
-    with reader() as conn:
-        account = AccountStore(conn).get_by_id(claims.account_id)
+    # the client sends it: no MySQL connection is held meanwhile (a data write needs none).
+    accounts: AccountReader = current_app.extensions["account_reader"]
+    account = accounts.get(claims.account_id)
     if account is None or not account.enabled or not claims.matches(account):
         raise unauthorized("invalid or expired token")
     return claims, account

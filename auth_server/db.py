@@ -8,7 +8,6 @@ import os
 import select
 import threading
 import time
-from collections.abc import Iterator
 from importlib import resources
 
 import pymysql
@@ -97,7 +96,7 @@ class ConnectionPool:
     exist at once; a request that finds none free waits up to CONNECTION_WAIT_S for one.
 
     Two kinds are kept: connections with explicit transactions (the default), and autocommit
-    ones for single statements that read (`reader()`). Both count against `size`: a new
+    ones for single statements that read (store.AccountReader). Both count against `size`: a new
     connection of one kind closes an idle one of the other when the pool is full.
 
     A connection goes back to the pool with no transaction open (a request's snapshot or locks
@@ -206,20 +205,6 @@ def close_db(_error: BaseException | None = None) -> None:
     db = g.pop("db", None)
     if db is not None:
         current_app.extensions["mysql_pool"].release(db)
-
-
-@contextlib.contextmanager
-def reader() -> Iterator[Connection]:
-    """A connection for single statements that read, such as the account check every
-    authenticated request makes. It autocommits: a read opens no transaction, so it sees the
-    latest committed rows (a revocation at once) and giving the connection back costs no
-    ROLLBACK round trip (a tenth of a request's cost)."""
-    pool: ConnectionPool = current_app.extensions["mysql_pool"]
-    conn = pool.acquire(autocommit=True)
-    try:
-        yield conn
-    finally:
-        pool.release(conn)
 
 
 def init_app(app: Flask, metrics: AuthMetrics) -> None:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
 
 from adapter.influx import DatabaseMissingError, InfluxWriter, TransientWriteError, quote_identifier
+from auth_server.group import GroupCommit, Pending
 
 __all__ = ["InfluxClient", "InfluxRejectedError", "InfluxUnavailableError", "quote_identifier"]
 
@@ -31,111 +30,41 @@ class InfluxRejectedError(RuntimeError):
 GROUP_MAX_LINES = 5000
 
 
-@dataclass(slots=True, eq=False)
-class _Pending:
-    lines: Sequence[str]
-    done: threading.Event = field(default_factory=threading.Event)
-    taken: bool = False  # in a group being written: it will end without this request's help
-    leads: bool = False  # handed the lead: this request writes the next group
-    error: Exception | None = None
-
-
-class GroupWriter:
-    """Concurrent requests' lines written to InfluxDB in one request per group (group commit).
-
-    A request that finds no group being written writes at once, alone: no latency is added
-    when the API is quiet. Requests that arrive meanwhile queue; when the write in flight ends,
-    the request that leads the queue writes every queued request's lines in one group, and
-    each waits for the group holding its own lines. Under load a group grows with the load, so
-    InfluxDB gets one write per group instead of one per request (that write is the largest
-    share of a request's cost). Each request still gets its own answer: when InfluxDB refuses
-    a group of several, each request's lines are written again on their own (rewriting a
-    stored point is harmless: same series and time), so one request's bad point fails only
-    that request. No thread is needed (the requests take turns), so it works the same under
-    gunicorn's gevent workers and in plain threads.
+class GroupWriter(GroupCommit[Sequence[str], None]):
+    """Concurrent requests' lines written to InfluxDB in one request per group (group commit,
+    auth_server.group): InfluxDB's write is the largest share of a request's cost. Each request
+    still gets its own answer: when InfluxDB refuses a group of several, each request's lines
+    are written again on their own (rewriting a stored point is harmless: same series and
+    time), so one request's bad point fails only that request.
     """
 
     def __init__(
         self, write: Callable[[Sequence[str]], None], wait_s: float, max_lines: int = GROUP_MAX_LINES
     ) -> None:
+        super().__init__(wait_s, max_lines)
         self._write = write
-        self._wait_s = wait_s
-        self._max_lines = max_lines
-        self._lock = threading.Lock()
-        self._queue: deque[_Pending] = deque()
-        self._writing = False
 
     def write(self, lines: Sequence[str]) -> None:
         """Write `lines`; raises what writing them alone would have raised."""
-        mine = _Pending(lines)
-        with self._lock:
-            self._queue.append(mine)
-            leads = not self._writing
-            self._writing = True
-        if not leads:
-            self._wait(mine)
-            leads = mine.leads
-        if leads:
-            self._lead()
-        if mine.error is not None:
-            raise mine.error
+        self.submit(lines, len(lines))
 
-    def _wait(self, mine: _Pending) -> None:
-        """Until `mine` is written or handed the lead; a request whose lines were not taken
-        within `wait_s` leaves the queue unwritten."""
-        if mine.done.wait(self._wait_s):
-            return
-        with self._lock:
-            if not mine.taken and not mine.leads:
-                self._queue.remove(mine)
-                mine.error = InfluxUnavailableError(
-                    f"InfluxDB did not take this write within {self._wait_s:g}s (writes queued)"
-                )
-                mine.done.set()
-                return
-        # Taken into a group in flight (its write has its own timeout), or just made leader.
-        mine.done.wait()
+    def _too_slow(self) -> BaseException:
+        waited = f"{self._wait_s:g}s"
+        return InfluxUnavailableError(f"InfluxDB did not take this write within {waited} (writes queued)")
 
-    def _lead(self) -> None:
-        """Write one group from the head of the queue (this request's lines are in it), then
-        hand the lead to the next queued request."""
-        with self._lock:
-            group = [self._queue.popleft()]
-            count = len(group[0].lines)
-            while self._queue and count + len(self._queue[0].lines) <= self._max_lines:
-                group.append(self._queue.popleft())
-                count += len(group[-1].lines)
-            for pending in group:
-                pending.taken = True
+    def _failed(self, exc: BaseException) -> BaseException:
+        return InfluxUnavailableError(f"the write did not complete: {exc!r}")
+
+    def _run(self, group: list[Pending[Sequence[str], None]]) -> None:
         try:
-            self._flush(group)
-        except BaseException as exc:
-            # Whatever stopped the write (a bug, the worker's timeout): no request of the group
-            # may be answered as stored.
-            for pending in group:
-                if pending.error is None:
-                    pending.error = InfluxUnavailableError(f"the write did not complete: {exc!r}")
-            raise
-        finally:
-            with self._lock:
-                if self._queue:
-                    self._queue[0].leads = True
-                    self._queue[0].done.set()
-                else:
-                    self._writing = False
-            for pending in group:
-                pending.done.set()
-
-    def _flush(self, group: list[_Pending]) -> None:
-        try:
-            self._write([line for pending in group for line in pending.lines])
+            self._write([line for pending in group for line in pending.item])
         except InfluxRejectedError as exc:
             if len(group) == 1:
                 group[0].error = exc
                 return
             for pending in group:
                 try:
-                    self._write(pending.lines)
+                    self._write(pending.item)
                 except (InfluxRejectedError, InfluxUnavailableError) as own:
                     pending.error = own
         except InfluxUnavailableError as exc:
