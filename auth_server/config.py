@@ -65,6 +65,17 @@ def _bool(env: Mapping[str, str], name: str) -> bool:
     return raw == "true"
 
 
+# AUTH_ACCESS_LOG: which answered requests gunicorn's access log shows (auth_server/__main__.py).
+ACCESS_LOG_CHOICES = ("all", "failures", "off")
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = (env.get(name) or default).strip().lower()
+    if raw not in choices:
+        raise ConfigError(f"{name}={env.get(name)!r}: expected one of {', '.join(choices)}")
+    return raw
+
+
 @dataclass(frozen=True)
 class LoginLimits:
     """How failed logins slow down later attempts (auth_server/throttle.py). Beyond its free
@@ -133,6 +144,10 @@ class AuthConfig:
     client_timeout_s: int = 10
     # Open client connections the server holds at once; more wait in the listen backlog.
     max_connections: int = 1000
+    # A line per request answered 4xx/5xx (refused logins, tokens, rights, errors); `all` adds
+    # every answered one: at fleet scale a line per device write is most of the log and costs
+    # a tenth of the server's CPU, and /metrics counts every request either way.
+    access_log: str = "failures"
     # Fleet scale (issue 19): gunicorn worker processes (default: one per usable CPU), the
     # InfluxDB connections of the whole server (shared out among its workers, as
     # MYSQL_MAX_CONNECTIONS), and how long tokens can be refreshed without the password.
@@ -210,6 +225,7 @@ class AuthConfig:
             trusted_proxy_hops=env_int(env, "TRUSTED_PROXY_HOPS", d.trusted_proxy_hops, 0, 10),
             client_timeout_s=env_int(env, "AUTH_CLIENT_TIMEOUT", d.client_timeout_s, 1, 600),
             max_connections=env_int(env, "AUTH_MAX_CONNECTIONS", d.max_connections, 10, 100_000),
+            access_log=_choice(env, "AUTH_ACCESS_LOG", ACCESS_LOG_CHOICES, d.access_log),
             workers=env_int(env, "AUTH_WORKERS", d.workers, 1, MAX_WORKERS),
             influxdb_max_connections=env_int(
                 env, "INFLUXDB_MAX_CONNECTIONS", d.influxdb_max_connections, 1, 10_000

@@ -24,6 +24,7 @@ def test_defaults_match_the_stack() -> None:
     assert config.mqtt_secure is False
     assert config.reserved_usernames == frozenset()
     assert config.jwt_refresh_max_s == 24 * 3600
+    assert config.access_log == "failures"
     assert 1 <= config.workers <= len(os.sched_getaffinity(0))
 
 
@@ -89,6 +90,7 @@ def test_secrets_are_not_in_repr() -> None:
         ({"JWT_SECRET": SECRET, "INFLUXDB_MAX_CONNECTIONS": "0"}, "INFLUXDB_MAX_CONNECTIONS"),
         ({"JWT_SECRET": SECRET, "ADMIN_USERNAME": "admin"}, "ADMIN_PASSWORD"),
         ({"JWT_SECRET": SECRET, "MQTT_SECURE": "ture"}, "MQTT_SECURE"),
+        ({"JWT_SECRET": SECRET, "AUTH_ACCESS_LOG": "some"}, "AUTH_ACCESS_LOG"),
         ({"JWT_SECRET": SECRET, "MQTT_SECURE": "true"}, "MQTT_ADMIN_USERNAME"),
         (
             {

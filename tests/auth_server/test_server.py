@@ -100,6 +100,21 @@ def test_gunicorn_serves_the_api_and_logs_no_secret(
     assert "Bearer" not in log
 
 
+@pytest.mark.parametrize("mode", ["failures", "all", "off"])
+def test_the_access_log_shows_what_auth_access_log_asks(
+    make_server: Callable[..., AuthServerProcess], mode: str
+) -> None:
+    server = make_server(AUTH_ACCESS_LOG=mode)
+    assert requests.get(f"{server.url}/healthz", timeout=5).status_code == 200
+    assert requests.get(f"{server.url}/api/auth/me", timeout=5).status_code == 401
+    server.stop()
+    log = server.log_text()
+    assert "Booting worker" in log
+    ok_line, refused_line = '"GET /healthz HTTP/1.1" 200', '"GET /api/auth/me HTTP/1.1" 401'
+    assert (ok_line in log) is (mode == "all")
+    assert (refused_line in log) is (mode != "off")
+
+
 def test_bad_configuration_exits_with_a_clear_message(settings: dict[str, str]) -> None:
     env = {**clean_environ(), **settings, "JWT_SECRET": "too-short", "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(
