@@ -41,7 +41,7 @@ _REASONS = (
 # 4xx answers that say nothing about the data: a wrong or missing InfluxDB login (401, 403)
 # or a proxy's "try later" (408, 429). Dropping the points would throw away every reading
 # until someone fixes the deployment; retrying keeps them in the broker instead.
-_RETRIED_4XX = frozenset({401, 403, 408, 429})
+RETRIED_4XX = frozenset({401, 403, 408, 429})
 
 
 class TransientWriteError(Exception):
@@ -215,10 +215,10 @@ class InfluxWriter:
             body = exc.args[0] if exc.args else b""
             raise TransientWriteError(f"InfluxDB server error: {_text(body)}") from exc
         except InfluxDBClientError as exc:
-            error = _error_text(exc.content)
+            error = error_text(exc.content)
             if exc.code == 404 and error.startswith("database not found"):
                 raise DatabaseMissingError(f"database {self.database!r} not found") from exc
-            if exc.code in _RETRIED_4XX:
+            if exc.code in RETRIED_4XX:
                 raise TransientWriteError(f"HTTP {exc.code} (check InfluxDB's login): {error[:300]}") from exc
             if exc.code == 413:
                 return WriteResult(0, ((Drop.BODY_TOO_LARGE, len(lines)),), error[:300], too_large=True)
@@ -308,7 +308,7 @@ class SeriesBudgetKeeper:
         )
 
 
-def _error_text(content: object) -> str:
+def error_text(content: object) -> str:
     """The `error` of InfluxDB's JSON answer, or the raw text."""
     raw = content if isinstance(content, bytes) else str(content).encode()
     text = raw.decode("utf-8", "replace")

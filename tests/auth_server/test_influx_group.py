@@ -6,10 +6,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 
 from auth_server.influx import GroupWriter, InfluxClient, InfluxRejectedError, InfluxUnavailableError
+from tests.conftest import _track
 from tests.servers import InfluxServer, free_port
 
 
@@ -177,3 +179,23 @@ def test_a_write_that_breaks_fails_the_whole_group(client: InfluxClient) -> None
     # The leader of the broken group sees the error itself; the others are told it failed.
     assert all(isinstance(exc, (RuntimeError, InfluxUnavailableError)) for exc in outcome), outcome
     assert not writer._queue and not writer._writing
+
+
+def test_writes_go_on_after_an_influxdb_restart(tmp_path: Path) -> None:
+    """The kept-alive write connections die with InfluxDB: the first write after it is back
+    goes through on a new connection instead of failing on the dead one."""
+    own = InfluxServer(tmp_path / "influxd")  # restarted here: not the session's
+    own.start()
+    _track(own)
+    client = InfluxClient("127.0.0.1", own.port, "restarted", timeout_s=5)
+    writes = [(lambda i=i: client.write_lines([line(f"r{i}", 1.0, i)])) for i in range(8)]
+    assert run_all(writes) == [None] * 8  # several connections opened and kept
+    own.stop()
+    with pytest.raises(InfluxUnavailableError):
+        client.write_lines([line("down", 1.0, 1)])
+    own.start()
+    again = [(lambda i=i: client.write_lines([line(f"r{i}", 2.0, 100 + i)])) for i in range(8)]
+    assert run_all(again) == [None] * 8
+    counted = own.series('SELECT count("value") FROM /^r[0-9]\\.temp$/', "restarted")
+    assert sum(int(s["values"][0][1]) for s in counted) == 16
+    own.stop()
