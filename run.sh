@@ -60,6 +60,7 @@ Environment (all optional):
                              scale the adapter: ADAPTER_REPLICAS=3 ADAPTER_MQTT_TOPIC='$share/adapters/#'
   AUTH_SERVER_REPLICAS, AUTH_WORKERS
                              scale the HTTP API: replicas behind Kong (1), gunicorn workers in each (2)
+  AUTH_ACCESS_LOG=all        the auth server logs every request, not only those refused or failed
   IOT_SECRET_<NAME>=value    value for a secret that does not exist yet, e.g.
                              IOT_SECRET_GRAFANA_ADMIN_PASSWORD (required in CI)
   IOT_TLS_NAMES=a,b          --secure: more host names or addresses devices and clients use

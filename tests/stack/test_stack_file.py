@@ -576,3 +576,11 @@ def test_the_http_api_scales_by_replicas_and_workers(
     assert int(auth["deploy"]["replicas"]) == replicas
     assert auth["environment"]["AUTH_WORKERS"] == workers
     assert float(auth["deploy"]["resources"]["limits"]["cpus"]) >= 2
+
+
+@pytest.mark.parametrize(("env", "mode"), [({}, "failures"), ({"AUTH_ACCESS_LOG": "all"}, "all")])
+def test_the_access_log_setting_reaches_the_auth_server(
+    tmp_path: Path, env: dict[str, str], mode: str
+) -> None:
+    auth = stack_config(env, tmp_path)["services"]["auth_server"]
+    assert auth["environment"]["AUTH_ACCESS_LOG"] == mode
