@@ -41,7 +41,7 @@ _REASONS = (
 # 4xx answers that say nothing about the data: a wrong or missing InfluxDB login (401, 403)
 # or a proxy's "try later" (408, 429). Dropping the points would throw away every reading
 # until someone fixes the deployment; retrying keeps them in the broker instead.
-RETRIED_4XX = frozenset({401, 403, 408, 429})
+_RETRIED_4XX = frozenset({401, 403, 408, 429})
 
 
 class TransientWriteError(Exception):
@@ -215,16 +215,7 @@ class InfluxWriter:
             body = exc.args[0] if exc.args else b""
             raise TransientWriteError(f"InfluxDB server error: {_text(body)}") from exc
         except InfluxDBClientError as exc:
-            error = error_text(exc.content)
-            if exc.code == 404 and error.startswith("database not found"):
-                raise DatabaseMissingError(f"database {self.database!r} not found") from exc
-            if exc.code in RETRIED_4XX:
-                raise TransientWriteError(f"HTTP {exc.code} (check InfluxDB's login): {error[:300]}") from exc
-            if exc.code == 413:
-                return WriteResult(0, ((Drop.BODY_TOO_LARGE, len(lines)),), error[:300], too_large=True)
-            found = refusals(error, len(lines)) if exc.code == 400 else ((Drop.REFUSED, len(lines)),)
-            refused = sum(n for _, n in found)
-            return WriteResult(len(lines) - refused, found, f"HTTP {exc.code}: {error[:300]}")
+            return refused_write(exc.code, exc.content, len(lines), self.database)
         return WriteResult(len(lines))
 
     def series(self, limit: int) -> Iterator[SeriesId]:
@@ -308,7 +299,23 @@ class SeriesBudgetKeeper:
         )
 
 
-def error_text(content: object) -> str:
+def refused_write(code: int, content: object, lines: int, database: str) -> WriteResult:
+    """What InfluxDB's 4xx answer `content` to a write of `lines` lines into `database` means,
+    for every writer of the platform: the refusal, or DatabaseMissingError, or (401, 403, 408,
+    429: nothing wrong with the data) TransientWriteError."""
+    error = _error_text(content)
+    if code == 404 and error.startswith("database not found"):
+        raise DatabaseMissingError(f"database {database!r} not found")
+    if code in _RETRIED_4XX:
+        raise TransientWriteError(f"HTTP {code} (check InfluxDB's login): {error[:300]}")
+    if code == 413:
+        return WriteResult(0, ((Drop.BODY_TOO_LARGE, lines),), error[:300], too_large=True)
+    found = refusals(error, lines) if code == 400 else ((Drop.REFUSED, lines),)
+    refused = sum(n for _, n in found)
+    return WriteResult(lines - refused, found, f"HTTP {code}: {error[:300]}")
+
+
+def _error_text(content: object) -> str:
     """The `error` of InfluxDB's JSON answer, or the raw text."""
     raw = content if isinstance(content, bytes) else str(content).encode()
     text = raw.decode("utf-8", "replace")

@@ -15,11 +15,12 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from adapter.influx import (
-    RETRIED_4XX,
+    DatabaseMissingError,
     InfluxWriter,
     TransientWriteError,
-    error_text,
+    WriteResult,
     quote_identifier,
+    refused_write,
 )
 from auth_server.group import GroupCommit, Pending
 
@@ -169,25 +170,28 @@ class InfluxClient:
             self._write(lines)
 
     def _write(self, lines: Sequence[str]) -> None:
-        """One write of `lines`: InfluxDB's answer judged as the adapter's InfluxWriter judges it
-        (5xx, a refused login and "try later" are unavailability; other 4xx refuse the points),
-        and a missing database created once."""
+        """One write of `lines`, InfluxDB's answer judged as for the adapter (refused_write);
+        a missing database is created once."""
         body = "\n".join(lines).encode("utf-8")
-        status, content = self._post_write(body)
-        if status == 404 and error_text(content).startswith("database not found"):
+        try:
             try:
+                result = self._judge(self._post_write(body), lines)
+            except DatabaseMissingError:
                 self._writer.ensure_database()
-            except TransientWriteError as exc:
-                raise InfluxUnavailableError(str(exc)) from exc
-            status, content = self._post_write(body)
+                result = self._judge(self._post_write(body), lines)
+        except TransientWriteError as exc:
+            raise InfluxUnavailableError(str(exc)) from exc
+        if result.refused:
+            raise InfluxRejectedError(result.error)
+
+    def _judge(self, answer: tuple[int, bytes], lines: Sequence[str]) -> WriteResult:
+        status, content = answer
         if status == 204:
-            return
-        error = error_text(content)[:300]
+            return WriteResult(len(lines))
         if status >= 500:
-            raise InfluxUnavailableError(f"InfluxDB server error {status}: {error}")
-        if status in RETRIED_4XX:
-            raise InfluxUnavailableError(f"HTTP {status} (check InfluxDB's login): {error}")
-        raise InfluxRejectedError(f"HTTP {status}: {error}")
+            text = content[:300].decode("utf-8", "replace").strip()
+            raise InfluxUnavailableError(f"InfluxDB server error {status}: {text}")
+        return refused_write(status, content, len(lines), self.database)
 
     def _post_write(self, body: bytes) -> tuple[int, bytes]:
         """POST /write on a kept-alive connection: (status, body). A connection that fails
