@@ -91,10 +91,12 @@ class AccountStore:
                 tuple(account_ids),
             )
             for row in cur.fetchall():
-                result[row["account_id"]].append(
-                    Permission(row["location"], row["station"], bool(row["can_read"]), bool(row["can_write"]))
-                )
+                result[row["account_id"]].append(self._permission(row))
         return result
+
+    @staticmethod
+    def _permission(row: dict[str, Any]) -> Permission:
+        return Permission(row["location"], row["station"], bool(row["can_read"]), bool(row["can_write"]))
 
     @staticmethod
     def _account(row: dict[str, Any], permissions: Iterable[Permission]) -> Account:
@@ -144,12 +146,8 @@ class AccountStore:
         return {
             account_id: self._account(
                 rows[0],
-                (
-                    Permission(r["location"], r["station"], bool(r["can_read"]), bool(r["can_write"]))
-                    for r in rows
-                    # LEFT JOIN: an account without permissions has one row of NULLs for them
-                    if r["location"] is not None
-                ),
+                # LEFT JOIN: an account without permissions has one row of NULLs for them
+                (self._permission(r) for r in rows if r["location"] is not None),
             )
             for account_id, rows in by_id.items()
         }
