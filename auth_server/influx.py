@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,6 +22,7 @@ from adapter.influx import (
     refused_write,
 )
 from auth_server.group import GroupCommit, Pending
+from auth_server.influx_http import WriteConnection
 
 __all__ = ["InfluxClient", "InfluxRejectedError", "InfluxUnavailableError", "quote_identifier"]
 
@@ -84,9 +84,9 @@ class GroupWriter(GroupCommit[Sequence[str], None]):
 
 class InfluxClient:
     """The data API's InfluxDB access. Connections are kept open and reused (writes on
-    http.client connections, grouped by GroupWriter; queries through a requests session); at
-    most `max_connections` requests of one worker are with InfluxDB at once, the others wait up
-    to `timeout_s`."""
+    connections of their own, auth_server.influx_http, grouped by GroupWriter; queries through
+    a requests session); at most `max_connections` requests of one worker are with InfluxDB at
+    once, the others wait up to `timeout_s`."""
 
     def __init__(
         self,
@@ -118,15 +118,17 @@ class InfluxClient:
         # A threading semaphore: under gevent (python -m auth_server) it is gevent's, cooperative.
         self._slots = threading.BoundedSemaphore(max_connections)
         self._group = GroupWriter(self._write_now, wait_s=timeout_s)
-        # Writes go over http.client connections of their own, kept open: a write through
-        # requests and the influxdb client costs about three times the CPU, and under a steady
-        # trickle of device writes (small groups) that was a third of the server's work.
-        self._write_path = f"/write?db={quote(database, safe='')}&precision=n"
-        self._write_headers = {"Content-Type": "application/octet-stream"}
+        # Writes go over connections of their own, kept open: a write through requests and the
+        # influxdb client costs about six times the CPU, and under a steady trickle of device
+        # writes (small groups) that was a third of the server's work.
+        path = f"/write?db={quote(database, safe='')}&precision=n"
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        head = f"POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/octet-stream\r\n"
         if username is not None and password is not None:
             token = base64.b64encode(f"{username}:{password}".encode()).decode()
-            self._write_headers["Authorization"] = f"Basic {token}"
-        self._idle_writers: list[http.client.HTTPConnection] = []
+            head += f"Authorization: Basic {token}\r\n"
+        self._write_head = head.encode()
+        self._idle_writers: list[WriteConnection] = []
 
     def series_reader(self, timeout_s: float = 60.0) -> InfluxWriter:
         """A connection of its own for reading the series budget (a long read must not hold one
@@ -201,30 +203,24 @@ class InfluxClient:
         conn = self._idle_writers.pop() if reused else self._new_writer()
         while True:
             try:
-                try:
-                    conn.request("POST", self._write_path, body, self._write_headers)
-                except OSError:
-                    # InfluxDB answers some writes (a missing database) before it has read the
-                    # whole body, and closes: its answer is still there to read.
-                    if conn.sock is None:
-                        raise
-                response = conn.getresponse()
-                content = response.read()
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
+                status, content = conn.post(body)
+            except OSError as exc:  # the connection is closed
                 if reused:
                     reused, conn = False, self._new_writer()
                     continue
                 raise InfluxUnavailableError(f"InfluxDB unreachable: {exc.__class__.__name__}") from exc
-            if response.will_close:
-                conn.close()
-            else:
+            if conn.open:
                 self._idle_writers.append(conn)
-            return response.status, content
+            else:
+                conn.close()
+            return status, content
 
-    def _new_writer(self) -> http.client.HTTPConnection:
+    def _new_writer(self) -> WriteConnection:
         host, port = self._server
-        return http.client.HTTPConnection(host, port, timeout=self.timeout_s)
+        try:
+            return WriteConnection(host, port, self.timeout_s, self._write_head)
+        except OSError as exc:
+            raise InfluxUnavailableError(f"InfluxDB unreachable: {exc.__class__.__name__}") from exc
 
     def query(self, q: str, bind: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The series of a one-statement query; values are passed as bound `$name` parameters,
