@@ -10,12 +10,21 @@ Only requests that queued before a group's round trip started are in it, so what
 gets was read or written after it arrived (an account revoked a moment before is seen as
 revoked). No thread is needed (the requests take turns), so it works the same under gunicorn's
 gevent workers and in plain threads.
+
+Under gevent a leader first lets every greenlet that is ready to run have its turn (gevent.idle)
+before it takes its group: requests whose data arrived together then reach the queue and share
+the round trip, where otherwise the first would go alone and the rest wait for it to end. At 500
+device writes/s (two 30 s runs each way) this took the round trips per request from 0.65-0.74
+to 0.54-0.58, and 9 % off the CPU of the auth server, MariaDB and InfluxDB together. In plain threads there is no such
+turn to give, so nothing is done.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -36,6 +45,16 @@ class Pending(Generic[Item, Result]):
     error: BaseException | None = None
 
 
+def ready_greenlets_first() -> Callable[[], None] | None:
+    """gevent.idle when this process runs on gevent's monkey-patched threading (the server's
+    workers), else None: a real thread must not start a gevent hub of its own."""
+    if "gevent.monkey" not in sys.modules:
+        return None
+    from gevent import idle, monkey
+
+    return idle if monkey.is_module_patched("threading") else None
+
+
 class GroupCommit(Generic[Item, Result]):
     """The turn-taking of group commit; `_run` is the round trip of one group, which sets each
     pending's `result` or `error`."""
@@ -46,6 +65,7 @@ class GroupCommit(Generic[Item, Result]):
         self._lock = threading.Lock()
         self._queue: deque[Pending[Item, Result]] = deque()
         self._writing = False  # a group's round trip is in flight
+        self._gather = ready_greenlets_first()
 
     def _run(self, group: list[Pending[Item, Result]]) -> None:
         raise NotImplementedError
@@ -91,6 +111,8 @@ class GroupCommit(Generic[Item, Result]):
     def _lead(self) -> None:
         """Run one group from the head of the queue (this request's item is in it), then hand
         the lead to the next queued request."""
+        if self._gather is not None:
+            self._gather()  # requests ready to run queue first, and join this group
         with self._lock:
             group = [self._queue.popleft()]
             size = group[0].size
