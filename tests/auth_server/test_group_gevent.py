@@ -18,6 +18,7 @@ SCRIPT = textwrap.dedent(
     monkey.patch_all()
 
     import json
+    import socket
     import sys
     import threading
 
@@ -44,13 +45,28 @@ SCRIPT = textwrap.dedent(
         start.wait()  # every request's data "arrives" at the same moment
         results.append(recorder.submit(n))
 
-    if sys.argv[1] == "off":
+    def ping_pong(sock: socket.socket, first: bool) -> None:
+        # Two of these keep an I/O event pending at every pass of the loop: it never goes idle.
+        if first:
+            sock.send(b"x")
+        while True:
+            sock.send(sock.recv(1))
+
+    mode = sys.argv[1]
+    if mode == "off":
         recorder._gather = None  # as in plain threads
+    elif mode.startswith("busy"):
+        if mode == "busy-unbounded":
+            recorder._gather = gevent.idle
+        left, right = socket.socketpair()
+        gevent.spawn(ping_pong, left, True)
+        gevent.spawn(ping_pong, right, False)
     greenlets = [gevent.spawn(request, n) for n in range(8)]
     gevent.sleep(0)
     start.set()
-    gevent.joinall(greenlets, timeout=10)
-    print(json.dumps({"groups": recorder.groups, "results": sorted(results)}))
+    gevent.joinall(greenlets, timeout=3)
+    print(json.dumps({"groups": recorder.groups, "results": sorted(results)}), flush=True)
+    sys.exit(0)
     """
 )
 
@@ -73,3 +89,13 @@ def test_without_the_gathering_the_first_goes_alone() -> None:
     alone = run("off")
     assert alone["groups"] == [[0], [1, 2, 3, 4, 5, 6, 7]]
     assert alone["results"] == [n * 10 for n in range(8)]
+
+
+def test_a_loop_that_never_goes_idle_delays_a_group_only_briefly() -> None:
+    """Under a load that keeps the event loop from ever going idle, the leader stops waiting
+    for it (GATHER_MAX_S) and the group goes: every request is answered."""
+    busy = run("busy")
+    assert busy["results"] == [n * 10 for n in range(8)]
+    assert sum(len(group) for group in busy["groups"]) == 8
+    # Without the bound, the first leader would wait for the idle loop for ever.
+    assert run("busy-unbounded")["results"] == []
