@@ -270,7 +270,9 @@ class SeriesBudgetKeeper:
 
     def ensure_fresh(self) -> None:
         """Read the series unless they were read recently: the first time every caller waits
-        for it (raises TransientWriteError); later one caller refreshes, the others go on."""
+        for it (raises TransientWriteError); later a refresh starts in a thread of its own (a
+        greenlet under gevent) and every caller goes on with the budget last read. No request
+        waits for a refresh: with 10,000 series one took 0.9 s in a loaded worker."""
         loaded_at = self._loaded_at
         if loaded_at is None:
             with self._lock:
@@ -280,12 +282,16 @@ class SeriesBudgetKeeper:
         if not self._refresh_s or time.monotonic() - loaded_at < self._refresh_s:
             return
         if self._lock.acquire(blocking=False):
-            try:
-                self._load()
-            except TransientWriteError as exc:
-                log.warning("cannot refresh the series budget from InfluxDB: %s", exc)
-            finally:
-                self._lock.release()
+            threading.Thread(target=self._refresh, name="series-budget-refresh", daemon=True).start()
+
+    def _refresh(self) -> None:
+        """A refresh started by ensure_fresh, which took the lock for it."""
+        try:
+            self._load()
+        except TransientWriteError as exc:
+            log.warning("cannot refresh the series budget from InfluxDB: %s", exc)
+        finally:
+            self._lock.release()
 
     def _load(self) -> None:
         started = time.monotonic()

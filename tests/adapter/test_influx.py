@@ -6,6 +6,8 @@ misread answer (the `dropped=0` of a partial write with unparsable lines) cannot
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,4 +181,46 @@ def test_series_are_read_back_as_devices_and_metrics(strict_influx: InfluxServer
     keeper = SeriesBudgetKeeper(SeriesBudget(per_device=2, total=100), writer, refresh_s=0)
     keeper.ensure_fresh()
     assert keeper.budget.count == 4
+    assert keeper.budget.knows("UPB", "RPi_1", "TEMP")
+
+
+class HeldReader(InfluxWriter):
+    """The real reader, its series read held at a gate when asked to."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.gate = threading.Event()
+        self.gate.set()
+        self.reads = 0
+
+    def series(self, limit: int) -> Iterator[tuple[str | None, str | None, str]]:
+        self.reads += 1
+        assert self.gate.wait(30)
+        return super().series(limit)
+
+
+def test_a_refresh_of_the_series_budget_keeps_no_caller_waiting(strict_influx: InfluxServer) -> None:
+    database = "w_refresh"
+    strict_influx.query(f'DROP DATABASE "{database}"')
+    strict_influx.query(f'CREATE DATABASE "{database}"')
+    assert strict_influx.write(database, "RPi_1.BAT,location=UPB,station=RPi_1 value=1").status_code == 204
+    reader = HeldReader("127.0.0.1", strict_influx.port, database)
+    keeper = SeriesBudgetKeeper(SeriesBudget(per_device=5, total=100), reader, refresh_s=0.05)
+    keeper.ensure_fresh()  # the first read: the caller waits for it
+    assert keeper.budget.count == 1
+
+    assert strict_influx.write(database, "RPi_1.TEMP,location=UPB,station=RPi_1 value=1").status_code == 204
+    reader.gate.clear()
+    time.sleep(0.1)  # stale now
+    keeper.ensure_fresh()  # returns with the refresh held at InfluxDB
+    keeper.ensure_fresh()  # one refresh at a time
+    deadline = time.monotonic() + 10
+    while reader.reads < 2:
+        assert time.monotonic() < deadline, "no refresh started"
+        time.sleep(0.01)
+    assert reader.reads == 2 and keeper.budget.count == 1  # the callers went on with the old budget
+    reader.gate.set()
+    while keeper.budget.count < 2:
+        assert time.monotonic() < deadline, "the refresh never finished"
+        time.sleep(0.01)
     assert keeper.budget.knows("UPB", "RPi_1", "TEMP")
