@@ -119,8 +119,8 @@ class InfluxClient:
         self._slots = threading.BoundedSemaphore(max_connections)
         self._group = GroupWriter(self._write_now, wait_s=timeout_s)
         # Writes go over connections of their own, kept open: a write through requests and the
-        # influxdb client costs about six times the CPU, and under a steady trickle of device
-        # writes (small groups) that was a third of the server's work.
+        # influxdb client cost 1.2 ms of CPU, through http.client 0.29 ms, this way 0.10 ms; under
+        # a steady trickle of device writes (small groups) the first was a third of the server's work.
         path = f"/write?db={quote(database, safe='')}&precision=n"
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         head = f"POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/octet-stream\r\n"
