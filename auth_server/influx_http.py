@@ -16,8 +16,9 @@ import socket
 MAX_HEAD = 64 * 1024  # the status line and headers of an answer, at most
 MAX_BODY = 1024 * 1024  # InfluxDB's error texts are short; more than this is not an answer to a write
 _STATUS = re.compile(rb"HTTP/1\.([01]) (\d{3})")
-# The headers that frame an answer, found in one pass over a lowercased copy of its head.
-_FRAMING = re.compile(rb"\r\n(content-length|transfer-encoding|connection)[ \t]*:[ \t]*([^\r]*)")
+# The headers that frame an answer, found in one pass over a lowercased copy of its head (the
+# benchmark's HTTP client, benchmarks/http_api.py, reads answers with it too).
+FRAMING_HEADERS = re.compile(rb"\r\n(content-length|transfer-encoding|connection)[ \t]*:[ \t]*([^\r]*)")
 _CHUNK_SIZE = re.compile(rb"[0-9a-f]{1,8}")
 
 
@@ -69,12 +70,12 @@ class WriteConnection:
         if status_line is None:
             raise BadAnswerError(f"not an HTTP/1.x answer: {head[:60]!r}")
         status = int(status_line.group(2))
-        framing = {name: value.strip() for name, value in _FRAMING.findall(head.lower())}
+        framing = {name: value.strip() for name, value in FRAMING_HEADERS.findall(head.lower())}
         if status_line.group(1) == b"0" or framing.get(b"connection") == b"close":
             self.open = False
-        if status in (204, 304) or 100 <= status < 200:
-            if status < 200:
-                raise BadAnswerError(f"interim answer {status} to a write")  # never asked for
+        if status < 200:
+            raise BadAnswerError(f"interim answer {status} to a write")  # never asked for
+        if status in (204, 304):
             return status, b""
         if b"transfer-encoding" in framing:
             if framing[b"transfer-encoding"] != b"chunked":

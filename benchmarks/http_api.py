@@ -30,7 +30,6 @@ import asyncio
 import json
 import math
 import os
-import re
 import resource
 import secrets
 import sys
@@ -47,6 +46,7 @@ from urllib.parse import urlsplit
 import requests
 import uvloop
 
+from auth_server.influx_http import FRAMING_HEADERS, MAX_HEAD
 from tests.servers import AuthServerProcess, InfluxServer, MariaDBServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,10 +161,6 @@ class Phase:
 # request flat out, 126 against 144 at 700 requests/s (aiohttp: 180 and 316).
 
 TIMEOUT_S = 30.0  # per request, connecting included
-MAX_HEAD = 64 * 1024  # an answer's status line and headers, at most
-# The headers that frame an answer, found in one pass over a lowercased copy of its head (header
-# names are case-insensitive, and so are the values read here); the others are not looked at.
-_FRAMING = re.compile(rb"\r\n(content-length|transfer-encoding|connection)[ \t]*:[ \t]*([^\r]*)")
 
 
 class HttpError(Exception):
@@ -326,7 +322,7 @@ class _HttpProtocol(asyncio.Protocol):
         lengths: set[bytes] = set()
         codings: list[bytes] = []
         tokens: list[bytes] = []
-        for name, raw in _FRAMING.findall(head.lower()):
+        for name, raw in FRAMING_HEADERS.findall(head.lower()):
             value = raw.rstrip()
             if name == b"content-length":
                 lengths.add(value)
